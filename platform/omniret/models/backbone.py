@@ -1,0 +1,128 @@
+"""Load a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint from a local directory and run it to hidden states.
+
+Real checkpoints and the tiny offline model load through the same code. Device, dtype and attention
+implementation are configurable; ``auto`` picks bf16 + flash-attention/sdpa on CUDA and fp32 + sdpa
+on CPU. Position ids are always computed here from the attention mask (M-RoPE for visual tokens), so
+left- and right-padded batches give the same hidden states.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from omniret.config import ModelConfig
+from omniret.models.families import Family, detect_family
+from omniret.models.tiny import ensure_tiny_model
+from omniret.models.vision import VisionSpec
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def resolve_attention(attn: str, device: torch.device) -> str:
+    if attn != "auto":
+        return attn
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def checkpoint_path(cfg: ModelConfig) -> Path:
+    """The configured checkpoint, or the tiny offline model (built on first use)."""
+    if cfg.path:
+        path = Path(cfg.path).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"model.path {path} is not a directory")
+        return path
+    return ensure_tiny_model(cfg.tiny_dir, family=cfg.tiny_family, seed=cfg.seed)
+
+
+@dataclass
+class Backbone:
+    """A loaded vision-language model with its tokenizer and vision geometry."""
+
+    model: nn.Module
+    tokenizer: object
+    family: Family
+    spec: VisionSpec
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def core(self) -> nn.Module:
+        """The transformer without the LM head (Qwen*VLModel), also through a PEFT wrapper."""
+        model = self.model
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        return model.model
+
+    @property
+    def lm_head(self) -> nn.Module:
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return model.lm_head
+
+    def position_ids(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        extra = {}
+        if "second_per_grid_ts" in batch:
+            extra["second_per_grid_ts"] = batch["second_per_grid_ts"]
+        position_ids, _ = self.core.get_rope_index(
+            batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+            image_grid_thw=batch.get("image_grid_thw"), video_grid_thw=batch.get("video_grid_thw"),
+            attention_mask=batch["attention_mask"], **extra)
+        return position_ids
+
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Last-layer hidden states (B, L, H) of a collated batch."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        for key in ("pixel_values", "pixel_values_videos"):
+            if key in batch:
+                batch[key] = batch[key].to(self.dtype)
+        kwargs = {k: batch[k] for k in ("pixel_values", "image_grid_thw", "pixel_values_videos",
+                                        "video_grid_thw", "mm_token_type_ids") if k in batch}
+        out = self.core(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        position_ids=self.position_ids(batch), use_cache=False, **kwargs)
+        return out.last_hidden_state
+
+
+def load_backbone(cfg: ModelConfig) -> Backbone:
+    """Load model + tokenizer + vision spec (and a PEFT adapter, if configured)."""
+    from transformers import AutoTokenizer
+
+    path = checkpoint_path(cfg)
+    family = detect_family(path) if cfg.family == "auto" else _family(cfg.family)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    attn = resolve_attention(cfg.attn_implementation, device)
+    log.info("loading %s (%s) on %s as %s with %s attention", path, family.name, device, dtype, attn)
+    model = family.model_class().from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    if cfg.adapter:
+        from omniret.models.adapters import load_adapter
+
+        model = load_adapter(model, cfg.adapter)
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return Backbone(model, tokenizer, family, VisionSpec.from_pretrained(path), path, device, dtype)
+
+
+def _family(name: str) -> Family:
+    from omniret.models.families import FAMILIES
+
+    return FAMILIES[name]

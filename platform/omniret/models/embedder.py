@@ -1,0 +1,94 @@
+"""The embedder: items -> L2-normalised vectors (last-token pooling, Matryoshka truncation).
+
+``encode`` is the inference entry point (token-budget batches, progress bar, numpy out);
+``forward`` is the differentiable path that training (GradCache) calls on a collated batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from omniret.config import EmbedConfig, MediaConfig, OmniretConfig
+from omniret.errors import MediaError
+from omniret.items import Item, as_item
+from omniret.models.backbone import Backbone, load_backbone
+from omniret.models.batching import plan_batches
+from omniret.models.encoding import Encoded, InputEncoder
+from omniret.models.pooling import last_token_pool, matryoshka, normalize
+from omniret.models.prompts import get_template
+
+log = logging.getLogger(__name__)
+
+
+class Embedder:
+    def __init__(self, backbone: Backbone, media: MediaConfig | None = None, embed: EmbedConfig | None = None,
+                 template: str = "qwen3_vl_embedding", max_length: int = 8192):
+        self.backbone = backbone
+        self.embed_cfg = embed or EmbedConfig()
+        self.template = get_template(template)
+        self.encoder = InputEncoder(backbone.tokenizer, backbone.family, backbone.spec, media or MediaConfig(),
+                                    self.template, max_length)
+
+    @classmethod
+    def from_config(cls, cfg: OmniretConfig) -> Embedder:
+        return cls(load_backbone(cfg.model), cfg.media, cfg.embed, cfg.model.template, cfg.model.max_length)
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.model.config.text_config.hidden_size
+
+    @property
+    def model_id(self) -> str:
+        return self.backbone.path.name
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Collated batch -> (B, H) unit vectors, with gradients (training path)."""
+        hidden = self.backbone.hidden_states(batch)
+        pooled = last_token_pool(hidden, batch["attention_mask"].to(hidden.device))
+        return normalize(pooled.float())
+
+    def prepare(self, items: Sequence[Item | str]) -> list[Encoded]:
+        return [self.encoder.encode(as_item(item), i) for i, item in enumerate(items)]
+
+    @torch.inference_mode()
+    def encode(self, items: Sequence[Item | str], dimensions: int | None = None,
+               progress: bool | None = None) -> np.ndarray:
+        """Embed ``items`` -> float32 array (N, dimensions or H). Bad media raise MediaError."""
+        encoded = self.prepare(items)
+        return self.encode_prepared(encoded, dimensions, progress)
+
+    @torch.inference_mode()
+    def encode_prepared(self, encoded: list[Encoded], dimensions: int | None = None,
+                        progress: bool | None = None) -> np.ndarray:
+        dimensions = dimensions if dimensions is not None else self.embed_cfg.dimensions
+        out = np.zeros((len(encoded), dimensions or self.dim), dtype=np.float32)
+        if not encoded:
+            return out
+        batches = plan_batches([len(e) for e in encoded], self.embed_cfg.batch_tokens,
+                               self.embed_cfg.max_batch_size)
+        show = self.embed_cfg.progress if progress is None else progress
+        with tqdm(total=len(encoded), desc="embedding", unit="item", disable=not show or len(encoded) < 64) as bar:
+            for indices in batches:
+                vectors = matryoshka(self.forward(self.encoder.collate([encoded[i] for i in indices])),
+                                     dimensions)
+                out[indices] = vectors.cpu().numpy()
+                bar.update(len(indices))
+        return out
+
+    def encode_lenient(self, items: Sequence[Item | str], dimensions: int | None = None
+                       ) -> tuple[np.ndarray, list[int], list[MediaError]]:
+        """Embed what can be embedded: returns (vectors of the good items, their indices, the errors)."""
+        good, indices, errors = [], [], []
+        for i, item in enumerate(items):
+            try:
+                good.append(self.encoder.encode(as_item(item), i))
+                indices.append(i)
+            except MediaError as exc:
+                log.warning("skipping %s", exc)
+                errors.append(exc)
+        return self.encode_prepared(good, dimensions), indices, errors

@@ -1,0 +1,111 @@
+"""Pointwise yes/no reranker in the style of Qwen3-VL-Reranker.
+
+score(q, d) = sigmoid(logit_yes - logit_no), where both logits come from the LM head applied to the
+last hidden state. Only two rows of the LM head matter, so the head is collapsed into one linear row
+w = W[yes] - W[no] (the official code's ``get_binary_linear``): the same score, without computing the
+whole vocabulary. Prompts are left-padded so the scored position is -1 for every row.
+
+Truncation never cuts special tokens (visual placeholders, chat markers) nor the final assistant
+header (the last ``TAIL_KEEP`` tokens); it drops plain text tokens from the middle of the prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from omniret.config import MediaConfig, OmniretConfig, RerankConfig
+from omniret.errors import MediaError
+from omniret.items import Item, as_item
+from omniret.models.backbone import Backbone, load_backbone
+from omniret.models.encoding import Encoded, InputEncoder, scrub
+from omniret.models.pooling import last_token_pool
+from omniret.models.prompts import IMAGE_SPAN, RERANK_HEAD, RERANK_TAIL, VIDEO_SPAN, get_template
+
+TAIL_KEEP = 5  # "<|im_end|>", "\n", "<|im_start|>", "assistant", "\n"
+
+
+def truncate_middle(ids: list[int], max_length: int, protected: set[int], tail_keep: int = TAIL_KEEP) -> list[int]:
+    """Drop unprotected tokens from the middle until ``ids`` fits; raise if only protected ones remain."""
+    excess = len(ids) - max_length
+    if excess <= 0:
+        return ids
+    body = len(ids) - tail_keep
+    droppable = [i for i in range(body) if ids[i] not in protected]
+    if len(droppable) < excess:
+        raise ValueError(f"{len(ids)} tokens, of which only {len(droppable)} may be cut; limit {max_length}")
+    middle = len(droppable) // 2
+    start = max(0, middle - excess // 2)
+    drop = set(droppable[start:start + excess])
+    return [t for i, t in enumerate(ids) if i not in drop]
+
+
+class Reranker:
+    def __init__(self, backbone: Backbone, media: MediaConfig | None = None, cfg: RerankConfig | None = None):
+        self.backbone = backbone
+        self.cfg = cfg or RerankConfig()
+        tok = backbone.tokenizer
+        # The template argument only matters for video handling; rerank prompts are built here.
+        self.encoder = InputEncoder(tok, backbone.family, backbone.spec, media or MediaConfig(),
+                                    get_template("qwen3_vl_embedding"), self.cfg.max_length)
+        self.yes_id, self.no_id = (self._single_token(word) for word in ("yes", "no"))
+        self.protected = set(tok.all_special_ids) | {self.encoder.image_id, self.encoder.video_id}
+
+    @classmethod
+    def from_config(cls, cfg: OmniretConfig) -> Reranker:
+        return cls(load_backbone(cfg.model), cfg.media, cfg.rerank)
+
+    def _single_token(self, word: str) -> int:
+        ids = self.backbone.tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"the tokenizer splits {word!r} into {len(ids)} tokens; a yes/no reranker needs one")
+        return ids[0]
+
+    def binary_head(self) -> torch.Tensor:
+        """(H,) weight of the collapsed head: W_lm[yes] - W_lm[no] (plus bias difference if any)."""
+        weight = self.backbone.lm_head.weight
+        return weight[self.yes_id] - weight[self.no_id]
+
+    def _side(self, label: str, item: Item, name: str) -> tuple[str, list]:
+        visuals, text = self.encoder.visuals_and_text(item, name)
+        spans = "".join(IMAGE_SPAN if v.kind == "image" else VIDEO_SPAN for v in visuals)
+        return f"{label}{spans}{text}", visuals
+
+    def encode_pair(self, query: Item, document: Item, instruction: str | None, index: int = 0) -> Encoded:
+        q_text, q_vis = self._side("<Query>:", query, query.name or f"query {index}")
+        d_text, d_vis = self._side("\n<Document>:", document, document.name or f"document {index}")
+        inst = scrub(instruction) if instruction is not None else self.cfg.instruction
+        prompt = f"{RERANK_HEAD}<Instruct>: {inst}{q_text}{d_text}{RERANK_TAIL}"
+        visuals = q_vis + d_vis
+        ids = self.encoder.ids_with_visuals(prompt, visuals)
+        try:
+            ids = truncate_middle(ids, self.cfg.max_length, self.protected)
+        except ValueError as exc:
+            raise MediaError(f"pair {index}", f"{exc}; lower media budgets or raise rerank.max_length") from exc
+        return Encoded(ids, visuals)
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B,) logit_yes - logit_no at the last position."""
+        hidden = self.backbone.hidden_states(batch)
+        last = last_token_pool(hidden, batch["attention_mask"].to(hidden.device))
+        head = self.binary_head().to(last.dtype)
+        diff = last @ head
+        bias = getattr(self.backbone.lm_head, "bias", None)
+        if bias is not None:
+            diff = diff + (bias[self.yes_id] - bias[self.no_id])
+        return diff.float()
+
+    @torch.inference_mode()
+    def score(self, query: Item | str, documents: Sequence[Item | str], instruction: str | None = None
+              ) -> np.ndarray:
+        """Relevance in (0, 1) of each document to the query."""
+        query = as_item(query)
+        pairs = [self.encode_pair(query, as_item(doc), instruction, i) for i, doc in enumerate(documents)]
+        scores = np.zeros(len(pairs), dtype=np.float32)
+        for start in range(0, len(pairs), self.cfg.batch_size):
+            chunk = pairs[start:start + self.cfg.batch_size]
+            batch = self.encoder.collate(chunk, padding_side="left")
+            scores[start:start + len(chunk)] = torch.sigmoid(self.logits(batch)).cpu().numpy()
+        return scores

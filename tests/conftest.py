@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny offline checkpoints (built once per session) and generated media."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """family -> directory of a tiny random checkpoint of that family."""
+    from omniret.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {family: build_tiny_model(root / family, family=family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def make_config(tiny_dirs):
+    """Build an OmniretConfig for a tiny family with extra overrides."""
+    from omniret.config import load_config
+
+    def make(family: str = "qwen2_vl", *overrides: str):
+        return load_config(None, [f"model.path={tiny_dirs[family]}", *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def backbones(make_config):
+    """family -> loaded tiny Backbone (fp32, CPU)."""
+    from omniret.models.backbone import load_backbone
+
+    return {family: load_backbone(make_config(family).model) for family in FAMILIES}
