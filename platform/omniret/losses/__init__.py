@@ -1,0 +1,71 @@
+"""Contrastive losses for embedding training: pure torch modules over embeddings (never a model).
+
+Every loss is a :class:`ContrastiveLoss` with ``forward(q, t, negatives=None, *, task_ids=None, q_modality=None,
+t_modality=None, step=None, positive_mask=None) -> LossOutput``; build one by name with :func:`build_loss`.
+The distributed convention (local queries vs gathered targets, loss scaled so DDP averaging yields the
+full-batch gradient) is documented in :mod:`omniret.losses.base`.
+"""
+
+from __future__ import annotations
+
+from omniret.losses.base import (
+    ContrastiveBatch,
+    ContrastiveLoss,
+    LossOutput,
+    all_gather_no_grad,
+    gather_with_grad,
+    normalize,
+    similarity_logits,
+)
+from omniret.losses.e5omni import (
+    E5OmniLoss,
+    ModalityTemperature,
+    NegativeCurriculum,
+    coral_loss,
+    group_whiten,
+)
+from omniret.losses.infonce import DebiasedContrastive, InfoNCE
+from omniret.losses.matryoshka import MatryoshkaLoss
+from omniret.losses.qqmm import ExplicitGradientAmplifier, amplified_probabilities, ega_cross_entropy
+from omniret.losses.qwen3vl import Qwen3VLEmbeddingLoss
+from omniret.losses.registry import LOSSES, available_losses, build_loss
+from omniret.losses.rzen import LLaVELoss, RzenEmbedLoss
+from omniret.losses.temperature import (
+    FixedTemperature,
+    LearnableTemperature,
+    TaskTemperature,
+    TemperatureModule,
+    temperature_parameters,
+)
+
+__all__ = [
+    "LOSSES",
+    "ContrastiveBatch",
+    "ContrastiveLoss",
+    "DebiasedContrastive",
+    "E5OmniLoss",
+    "ExplicitGradientAmplifier",
+    "FixedTemperature",
+    "InfoNCE",
+    "LLaVELoss",
+    "LearnableTemperature",
+    "LossOutput",
+    "MatryoshkaLoss",
+    "ModalityTemperature",
+    "NegativeCurriculum",
+    "Qwen3VLEmbeddingLoss",
+    "RzenEmbedLoss",
+    "TaskTemperature",
+    "TemperatureModule",
+    "all_gather_no_grad",
+    "amplified_probabilities",
+    "available_losses",
+    "build_loss",
+    "coral_loss",
+    "ega_cross_entropy",
+    "gather_with_grad",
+    "group_whiten",
+    "normalize",
+    "similarity_logits",
+    "temperature_parameters",
+]
