@@ -68,38 +68,53 @@ class Backbone:
 
     @property
     def core(self) -> nn.Module:
-        """The transformer without the LM head (Qwen*VLModel), also through a PEFT wrapper."""
-        model = self.model
-        if hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        return model.model
+        return core_model(self.model)
 
     @property
     def lm_head(self) -> nn.Module:
-        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return model.lm_head
-
-    def position_ids(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        extra = {}
-        if "second_per_grid_ts" in batch:
-            extra["second_per_grid_ts"] = batch["second_per_grid_ts"]
-        position_ids, _ = self.core.get_rope_index(
-            batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
-            image_grid_thw=batch.get("image_grid_thw"), video_grid_thw=batch.get("video_grid_thw"),
-            attention_mask=batch["attention_mask"], **extra)
-        return position_ids
+        return unwrap(self.model).lm_head
 
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Last-layer hidden states (B, L, H) of a collated batch."""
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        for key in ("pixel_values", "pixel_values_videos"):
-            if key in batch:
-                batch[key] = batch[key].to(self.dtype)
-        kwargs = {k: batch[k] for k in ("pixel_values", "image_grid_thw", "pixel_values_videos",
-                                        "video_grid_thw", "mm_token_type_ids") if k in batch}
-        out = self.core(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        position_ids=self.position_ids(batch), use_cache=False, **kwargs)
-        return out.last_hidden_state
+        return forward_hidden(self.model, batch)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The HF model under a PEFT wrapper, if any."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def core_model(model: nn.Module) -> nn.Module:
+    """The transformer without the LM head (Qwen*VLModel)."""
+    return unwrap(model).model
+
+
+def position_ids(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """M-RoPE position ids computed from the attention mask, so padding side does not matter."""
+    extra = {"second_per_grid_ts": batch["second_per_grid_ts"]} if "second_per_grid_ts" in batch else {}
+    ids, _ = core_model(model).get_rope_index(
+        batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+        image_grid_thw=batch.get("image_grid_thw"), video_grid_thw=batch.get("video_grid_thw"),
+        attention_mask=batch["attention_mask"], **extra)
+    return ids
+
+
+def forward_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Run ``model`` (HF or PEFT-wrapped) on a collated batch; returns last hidden states (B, L, H).
+
+    The LM head is skipped: embedding and reranking need hidden states only. LoRA layers are injected
+    into the modules themselves, so calling the core of a PEFT-wrapped model still applies them.
+    """
+    param = next(model.parameters())
+    batch = {k: v.to(param.device) for k, v in batch.items()}
+    for key in ("pixel_values", "pixel_values_videos"):
+        if key in batch:
+            batch[key] = batch[key].to(param.dtype)
+    kwargs = {k: batch[k] for k in ("pixel_values", "image_grid_thw", "pixel_values_videos",
+                                    "video_grid_thw", "mm_token_type_ids") if k in batch}
+    out = core_model(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            position_ids=position_ids(model, batch), use_cache=False, **kwargs)
+    return out.last_hidden_state
 
 
 def load_backbone(cfg: ModelConfig) -> Backbone:

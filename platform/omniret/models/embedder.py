@@ -11,18 +11,35 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from omniret.config import EmbedConfig, MediaConfig, OmniretConfig
 from omniret.errors import MediaError
 from omniret.items import Item, as_item
-from omniret.models.backbone import Backbone, load_backbone
+from omniret.models.backbone import Backbone, forward_hidden, load_backbone
 from omniret.models.batching import plan_batches
 from omniret.models.encoding import Encoded, InputEncoder
 from omniret.models.pooling import last_token_pool, matryoshka, normalize
 from omniret.models.prompts import get_template
 
 log = logging.getLogger(__name__)
+
+
+class EmbeddingModel(nn.Module):
+    """``nn.Module`` view of the embedding computation, so DDP and GradCache can wrap and drive it.
+
+    forward(collated batch) -> (B, H) unit vectors: last-token pooling of the last hidden states.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = forward_hidden(self.model, batch)
+        pooled = last_token_pool(hidden, batch["attention_mask"].to(hidden.device))
+        return normalize(pooled.float())
 
 
 class Embedder:
@@ -33,6 +50,7 @@ class Embedder:
         self.template = get_template(template)
         self.encoder = InputEncoder(backbone.tokenizer, backbone.family, backbone.spec, media or MediaConfig(),
                                     self.template, max_length)
+        self.network = EmbeddingModel(backbone.model)
 
     @classmethod
     def from_config(cls, cfg: OmniretConfig) -> Embedder:
@@ -48,9 +66,7 @@ class Embedder:
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Collated batch -> (B, H) unit vectors, with gradients (training path)."""
-        hidden = self.backbone.hidden_states(batch)
-        pooled = last_token_pool(hidden, batch["attention_mask"].to(hidden.device))
-        return normalize(pooled.float())
+        return self.network(batch)
 
     def prepare(self, items: Sequence[Item | str]) -> list[Encoded]:
         return [self.encoder.encode(as_item(item), i) for i, item in enumerate(items)]

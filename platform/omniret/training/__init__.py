@@ -1,0 +1,1 @@
+"""Training: GradCache, batching and curricula, the Ray Train loop, checkpoints, recipes."""
