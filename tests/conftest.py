@@ -40,3 +40,20 @@ def backbones(make_config):
     from omniret.models.backbone import load_backbone
 
     return {family: load_backbone(make_config(family).model) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole session, reused if one is running; shut down at the end if
+    started here. Never `ray stop`: it would kill every Ray process on the machine."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()

@@ -17,6 +17,7 @@ from omniret.config import OmniretConfig, load_config
 from omniret.errors import OmniretError
 
 Command = Callable[[argparse.Namespace, OmniretConfig], int]
+DEFAULT_BENCHMARK = Path(".omniret/benchmark")  # eval.root defaults to its eval/ folder
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +49,8 @@ def _add_item_args(parser: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     from omniret.demo import run_demo
 
-    return run_demo(cfg, workdir=args.workdir, top_k=args.top_k)
+    return run_demo(cfg, workdir=args.workdir, fast=args.fast, ui_port=args.ui_port,
+                    exit_after_start=args.exit_after_start)
 
 
 def cmd_build_tiny(args: argparse.Namespace, cfg: OmniretConfig) -> int:
@@ -87,6 +89,98 @@ def cmd_soup(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.training.recipe import load_stages, run_stages, summary_lines
+
+    stages = load_stages(args.configs, args.overrides, root=args.root) if args.configs else [cfg]
+    print("\n".join(summary_lines(run_stages(stages, local=args.local))))
+    return 0
+
+
+def cmd_mine(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.config import apply_overrides
+    from omniret.training.mining import mine
+    from omniret.training.trainer import stage_model
+
+    if args.checkpoint:
+        cfg = OmniretConfig.model_validate(apply_overrides(cfg.model_dump(), stage_model(args.checkpoint)))
+    if args.source:
+        cfg.data.train = [str(s) for s in args.source]
+    result = mine(cfg, args.out)
+    print(result.table())
+    print(f"mined pairs written to {result.out}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.ingest.command import run
+
+    return run(args, cfg)
+
+
+def cmd_index(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.index.store import IndexStore
+
+    store = IndexStore(cfg.index, fresh=True)
+    if not args.status:
+        for action in store.maintain(rebuild_vector=args.rebuild, optimize=args.optimize):
+            print(action)
+    print(json.dumps(store.index_status(), indent=2))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.data.synthetic import demo_corpus, generate_benchmark
+
+    if args.demo_corpus:
+        files = demo_corpus(args.demo_corpus)
+        print(f"demo corpus: {len(files)} files under {args.demo_corpus}")
+    if args.out or not args.demo_corpus:
+        summary = generate_benchmark(args.out or DEFAULT_BENCHMARK, cfg.data.synthetic)
+        print(f"train pairs ({summary['train_dir']}): " + ", ".join(f"{k} {v}" for k, v in summary["train"].items()))
+        print(f"eval queries ({summary['eval_dir']}): " + ", ".join(f"{k} {v}" for k, v in summary["eval"].items()))
+        print("held-out colour x shape combinations: " + ", ".join(" ".join(c) for c in summary["held_out"]))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.eval.report import markdown
+    from omniret.eval.runner import run
+
+    for key, value in (("root", args.root), ("out", args.out), ("datasets", args.dataset)):
+        if value:
+            setattr(cfg.eval, key, str(value) if isinstance(value, Path) else value)
+    report = run(cfg)
+    print(markdown(report), end="")
+    return 0
+
+
+def cmd_pairs(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.data.mixing import load_mixture
+
+    if args.source:
+        cfg.data.train = [str(s) for s in args.source]
+    mixture, read = load_mixture(cfg.data)
+    for problem in read.problems[: args.show]:
+        print(f"skipped {problem}")
+    print(read.summary())
+    print(mixture.table())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.serving.app import run_local
+
+    run_local(cfg, address=args.address)
+    return 0
+
+
+def cmd_k8s_serve_config(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.serving.k8s import run
+
+    return run(args)
+
+
 def cmd_config(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     import yaml
 
@@ -104,9 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("demo", cmd_demo, "generate demo media, embed it with the configured (or tiny) model, search it")
+    p = add("demo", cmd_demo, "generate a corpus, train the quickstart model if missing, ingest, serve the API "
+                              "and the Gradio app on 127.0.0.1 until Ctrl-C")
     p.add_argument("--workdir", type=Path, default=Path(".omniret/demo"))
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--fast", action="store_true", help="skip training: use the untrained tiny model")
+    p.add_argument("--ui-port", type=int, default=7860)
+    p.add_argument("--exit-after-start", action="store_true", help="stop once everything answered (for tests)")
     _add_config_args(p)
 
     p = add("build-tiny", cmd_build_tiny, "write a tiny random Qwen-VL checkpoint (offline)")
@@ -129,6 +226,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _add_config_args(p)
 
+    p = add("train", cmd_train, "train a stage or a staged recipe on Ray Train (--local: in this process)")
+    p.add_argument("--config", dest="configs", type=Path, action="append",
+                   help="run or recipe YAML (repeatable: stages run in order)")
+    p.add_argument("--root", type=Path, help="folder that relative paths in the configuration refer to")
+    p.add_argument("--local", action="store_true", help="train in this process, without Ray (one worker)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides applied to every stage")
+    p.set_defaults(config=None)
+
+    p = add("mine", cmd_mine, "mine hard negatives for training pairs with a checkpoint; write the pairs back")
+    p.add_argument("--checkpoint", type=Path, help="run folder, training checkpoint or HF checkpoint to mine with")
+    p.add_argument("--source", action="append", type=Path, help="pair file or folder (default: data.train)")
+    p.add_argument("--out", type=Path, help="folder for the mined pair files (default: mine.out)")
+    _add_config_args(p)
+
+    p = add("ingest", cmd_ingest, "ingest images, videos and PDFs into the LanceDB index with Ray Data")
+    from omniret.ingest.command import add_arguments as add_ingest_arguments
+
+    add_ingest_arguments(p)
+    _add_config_args(p)
+
+    p = add("index", cmd_index, "create missing indexes, build the vector index when due, optimize; print status")
+    p.add_argument("--rebuild", action="store_true", help="(re)train the vector index now (>= 256 rows)")
+    p.add_argument("--optimize", action="store_true", help="compact and bring every index up to date now")
+    p.add_argument("--status", action="store_true", help="only print the index status")
+    _add_config_args(p)
+
+    p = add("generate", cmd_generate, "write the generated benchmark (train pairs + MMEB-layout eval sets) "
+            "and/or the demo corpus")
+    p.add_argument("--out", type=Path, help=f"benchmark folder: writes OUT/train and OUT/eval (default "
+                   f"{DEFAULT_BENCHMARK} unless only --demo-corpus is given)")
+    p.add_argument("--demo-corpus", type=Path, help="also write the demo corpus into this folder")
+    _add_config_args(p)
+
+    p = add("eval", cmd_eval, "evaluate the configured model (model.path=...) on MMEB-layout data and print "
+            "the per-dataset table")
+    p.add_argument("--root", type=Path, help="evaluation folder (default: eval.root)")
+    p.add_argument("--out", type=Path, help="write report.json and report.md here (default: eval.out)")
+    p.add_argument("--dataset", action="append", help="evaluate only this dataset (repeatable)")
+    _add_config_args(p)
+
+    p = add("pairs", cmd_pairs, "read training pairs (data.train), report broken rows, print the mixture")
+    p.add_argument("--source", action="append", type=Path, help="pair file or folder (repeatable)")
+    p.add_argument("--show", type=int, default=20, help="broken rows to list")
+    _add_config_args(p)
+
+    p = add("serve", cmd_serve, "serve /v1/embeddings, /v1/rerank and /search with Ray Serve until Ctrl-C")
+    p.add_argument("--address", default="local", help="Ray address: local (start one) or auto/ray://...")
+    _add_config_args(p)
+
+    p = add("k8s-serve-config", cmd_k8s_serve_config, "regenerate each RayService's serveConfigV2 from the serve "
+            "config (targets: k8s/serve-configs.yaml); with --config or overrides, print one")
+    from omniret.serving.k8s import add_arguments as add_k8s_arguments
+
+    add_k8s_arguments(p)
+    _add_config_args(p)
+
     p = add("config", cmd_config, "print the resolved configuration")
     _add_config_args(p)
     return parser
@@ -138,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call is noise here
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-shard bars for a tiny checkpoint are noise

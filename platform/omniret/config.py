@@ -94,12 +94,251 @@ class LoraConfig(Section):
     include_vision: bool = Field(True, description="Also adapt the vision tower and merger.")
 
 
+class IngestConfig(Section):
+    """Ingestion into the index: which files, how the Ray Data pipeline is sized, when to give up."""
+
+    sources: list[str] = Field(
+        default_factory=list, description="Folders, files, globs (** recurses), URIs (s3://, gs://, "
+        "file://) or @list.txt files naming one source per line.")
+    prune: bool = Field(False, description="Remove rows of files under the sources that no longer exist.")
+    include_hidden: bool = Field(False, description="Also ingest files and folders whose name starts with '.'.")
+    thumbnail_px: int = Field(192, ge=16, le=1024, description="Longest side of the stored JPEG thumbnail.")
+    files_per_task: int = Field(4, ge=1, description="Files one decoding task reads, hashes and expands.")
+    decode_memory_mb: int = Field(
+        512, ge=1, description="Memory reserved per decoding task (Ray scheduling; also keeps the "
+        "decoding tasks out of the embedder actors).")
+    embed_actors: int = Field(1, ge=1, description="Embedder actors (one model copy each).")
+    embed_batch_rows: int = Field(32, ge=1, description="Rows handed to an embedder actor per call; "
+                                  "the actor splits them by embed.batch_tokens.")
+    embed_cpus: float = Field(1.0, ge=0)
+    embed_gpus: float = Field(0.0, ge=0)
+    writers: int = Field(1, ge=1, description="Table writer actors: few, so commits rarely conflict.")
+    write_batch_rows: int = Field(512, ge=1, description="Rows per commit (large batches, few versions).")
+    max_failed_files: int | None = Field(
+        None, ge=0, description="Stop the run (exit code 3) once more files than this have failed; "
+        "checked as results arrive, i.e. after each writer batch.")
+    ray_num_cpus: int | None = Field(
+        None, ge=1, description="CPUs of a Ray instance started locally (None: the CPUs this process may use).")
+
+
+class IndexConfig(Section):
+    """Where the LanceDB table lives and how its indexes are kept up."""
+
+    uri: str = Field(".omniret/lancedb", description="LanceDB database: a local folder or s3://, gs:// URI.")
+    table: str = "items"
+    errors_table: str = "ingest_errors"
+    storage_options: dict[str, str] = Field(default_factory=dict, description="Object-store credentials etc.")
+    vector_index: Literal["ivf_pq", "hnsw_sq"] = "ivf_pq"
+    vector_index_min_rows: int = Field(
+        100_000, ge=256, description="Below this many rows search is exact (flat); above, an ANN index.")
+    num_partitions: int | None = Field(None, ge=1, description="IVF partitions (None: rows / 4096, HNSW: rows / 1M).")
+    num_sub_vectors: int | None = Field(
+        None, ge=1, description="PQ sub-vectors (None: dim/2 up to 128-d, dim/4 up to 512-d, else dim/8).")
+    reindex_fraction: float = Field(
+        0.1, gt=0, le=1, description="Optimize the indexes once this fraction of rows is not indexed.")
+    nprobes: int = Field(20, ge=1, description="IVF partitions searched per query.")
+    refine_factor: int | None = Field(
+        10, ge=1, description="Re-rank refine_factor * k ANN candidates with exact distances (PQ codes "
+        "alone rank near neighbours poorly); None: off.")
+    read_consistency_s: float | None = Field(
+        5.0, ge=0, description="How often a reader checks for new data (0: every read; None: never).")
+
+
+class SyntheticConfig(Section):
+    """The generated benchmark (omniret.data.synthetic): sizes, seed, held-out combinations."""
+
+    seed: int = 0
+    train_per_task: int = Field(200, ge=1, description="Training pairs per generated dataset.")
+    eval_queries: int = Field(50, ge=1, description="Evaluation queries per generated dataset (at most).")
+    candidates: int = Field(8, ge=2, description="Candidates per query in candidate-list tasks.")
+    train_negatives: int = Field(1, ge=0, description="Explicit hard negatives per training pair.")
+    held_out: int = Field(4, ge=1, le=15, description="Colour x shape combinations kept for evaluation only.")
+    image_size: int = Field(84, ge=56, le=224, description="Scene pictures are image_size x image_size.")
+    video_size: int = Field(84, ge=56, le=224)
+    video_frames: int = Field(8, ge=2, le=64)
+    pages_per_doc: int = Field(4, ge=2, le=20, description="Pages per generated PDF (one overview page).")
+    tasks: list[str] = Field(default_factory=list, description="Generated datasets to write (empty: all).")
+
+
+class DataConfig(Section):
+    """Training pairs: where they are, how datasets are capped, weighted and merged."""
+
+    train: list[str] = Field(default_factory=list, description="Pair files or folders (jsonl, json, parquet).")
+    root: str | None = Field(None, description="Root of relative media paths (default: next to each file).")
+    max_per_dataset: int | None = Field(100_000, ge=1, description="Cap on pairs per dataset (RzenEmbed: 100k).")
+    caps: dict[str, int] = Field(default_factory=dict, description="Per-dataset caps, overriding the default.")
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="Sampling weight multipliers by dataset, merged group or task group.")
+    weighting: Literal["size", "uniform"] = Field(
+        "size", description="Base probability of a dataset: its size, or equal for all.")
+    merge_classification: bool = Field(True, description="Merge image-classification datasets into one.")
+    seed: int = 0
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+class EvalConfig(Section):
+    """Evaluation on MMEB-layout data (the generated benchmark or real MMEB-V1/V2)."""
+
+    root: str = Field(".omniret/benchmark/eval", description="Evaluation folder (benchmark.json or MMEB layout).")
+    annotations: str | None = Field(
+        None, description="Folder of MMEB image-task annotation files (parquet/jsonl per dataset), when "
+        "they are not under root/image-tasks.")
+    datasets: list[str] = Field(default_factory=list, description="Datasets to evaluate (empty: all found).")
+    max_queries: int | None = Field(None, ge=1, description="Evaluate at most this many queries per dataset.")
+    out: str | None = Field(None, description="Folder for report.json and report.md (None: not written).")
+    baselines: list[Literal["text_overlap", "chance"]] = ["text_overlap", "chance"]
+    ties: Literal["expected", "pessimistic"] = Field(
+        "expected", description="Equal scores: expected metric over random tie order, or worst case.")
+    ray: bool | Literal["auto"] = Field("auto", description="Embed through Ray Data (auto: for large runs).")
+    ray_min_items: int = Field(5000, ge=1, description="auto: use Ray Data from this many items to embed.")
+    actors: int = Field(1, ge=1, description="Embedder actors of the Ray Data path.")
+    batch_rows: int = Field(32, ge=1, description="Items per embedder actor call.")
+    ray_num_cpus: int | None = Field(
+        None, ge=1, description="CPUs of a Ray instance started locally (None: the CPUs this process may use).")
+
+
+class DeploymentConfig(Section):
+    """Replicas and resources of one Ray Serve deployment."""
+
+    num_replicas: int | Literal["auto"] = Field(1, description="A count, or auto (use autoscaling).")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(4.0, gt=0, description="Autoscaling target per replica.")
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    max_batch_size: int = Field(16, ge=1, description="Requests merged into one @serve.batch call.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+
+    def options(self, default_ongoing: int | None = None) -> dict:
+        """Keyword arguments for ``Deployment.options``."""
+        out: dict = {"ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+                     # Serve queues at most this many requests on a replica; it must admit a full batch.
+                     "max_ongoing_requests": default_ongoing or 2 * self.max_batch_size}
+        if self.num_replicas == "auto":
+            out["autoscaling_config"] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                                         "target_ongoing_requests": self.target_ongoing_requests}
+        else:
+            out["num_replicas"] = self.num_replicas
+        return out
+
+
+class ServeConfig(Section):
+    """The HTTP service: where it listens, what it accepts, how its deployments scale."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    app_name: str = "omniret"
+    api_key: str | None = Field(None, description="Bearer token required on every endpoint but /healthz "
+                                "(also read from OMNIRET_API_KEY).")
+    max_request_bytes: int = Field(32 * 2**20, ge=1024)
+    max_inputs: int = Field(64, ge=1, description="Inputs (or documents) in one request.")
+    max_text_chars: int = Field(20_000, ge=1)
+    max_video_seconds: float = Field(600.0, gt=0)
+    max_video_frames: int = Field(64, ge=1, description="Largest num_frames a request may ask for.")
+    allowed_roots: list[str] = Field(default_factory=list, description="Folders whose files requests may "
+                                     "name by path (empty: no server-side paths).")
+    allowed_types: list[Literal["image", "video", "pdf"]] = ["image", "video", "pdf"]
+    upload_dir: str = Field(".omniret/uploads", description="Where files ingested through the API are kept.")
+    rerank_candidates: int = Field(50, ge=1, description="Most vector hits a search may rerank.")
+    embedder: DeploymentConfig = DeploymentConfig()
+    reranker: DeploymentConfig = DeploymentConfig(max_batch_size=8)
+    ingress: DeploymentConfig = DeploymentConfig(num_cpus=0.5)
+
+
+class LossConfig(Section):
+    """The contrastive loss, built by name from the loss registry (omniret.losses)."""
+
+    name: str = Field("infonce", description="infonce, dcl, rzen, llave, qwen3vl, e5omni or qqmm_ega.")
+    temperature: float = Field(0.02, gt=0, description="Cosine temperature (the initial value when learned).")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Further keyword arguments of the loss, e.g. {alpha: 9, "
+        "fn_threshold: 0.95, task_temperature: true} for rzen or {learn_temperature: true}.")
+    matryoshka_dims: list[int] | None = Field(None, description="Also train these leading dimensions.")
+    mask_duplicates: bool = Field(
+        True, description="An in-batch target identical to a row's positive counts as a positive, not a "
+        "negative (losses that accept a positive mask); matters for label-like targets.")
+
+
+class TrainConfig(Section):
+    """Contrastive training on Ray Train: scale, what is trained, schedule, batching, checkpoints, evaluation."""
+
+    name: str = Field("run", description="Run name: the folder under output_dir; running it again resumes it.")
+    output_dir: str = Field(".omniret/runs", description="Where runs live (shared storage on multi-node).")
+    init_from: str | None = Field(
+        None, description="Start from a previous stage: its run folder (final/ is used) or a checkpoint folder.")
+    workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks).")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    resources_per_worker: dict[str, float] = Field(default_factory=dict, description="Extra Ray resources.")
+    torch_threads: int | None = Field(None, ge=1, description="Torch CPU threads per worker (None: cpus_per_worker).")
+    max_failures: int = Field(0, ge=-1, description="Worker failures to recover from (-1: always).")
+    num_to_keep: int | None = Field(2, ge=1, description="Checkpoints kept (None: all).")
+    mode: Literal["lora", "full"] = Field(
+        "lora", description="lora: train adapters (pretrained backbones); full: every parameter (the tiny model).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations (non-reentrant).")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU.")
+    epochs: int = Field(1, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1, description="None: pairs in the mixture / batch_size.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (None: all epochs).")
+    batch_size: int = Field(32, ge=2, description="Global batch (all workers); each worker gets its share.")
+    gradcache: bool = Field(True, description="GradCache steps (chunked; exact full-batch gradient).")
+    query_chunk_size: int = Field(8, ge=1)
+    target_chunk_size: int = Field(8, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    temperature_lr: float | None = Field(None, gt=0, description="Learning rate of learnable temperatures.")
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warmup over this share of the steps.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio.")
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    homogeneous: bool = Field(True, description="Every batch from one dataset (merged classification counts as one).")
+    curriculum: Literal["none", "pyramid"] = Field(
+        "none", description="pyramid: GVE modality pyramid, tasks sampled by softmax(alignment / sigma).")
+    sigma_min: float = Field(0.1, gt=0)
+    sigma_max: float = Field(1.0, gt=0)
+    probe_pairs: int = Field(16, ge=1, description="Pairs per task probed at each epoch start (pyramid).")
+    negatives: int = Field(0, ge=0, description="Explicit hard negatives per query taken from the pairs.")
+    cache_mb: float = Field(0, ge=0, description="Keep encoded items (pixels, tokens) for later epochs, up to "
+                            "this many MB per worker (0: decode every time).")
+    instructions: bool = Field(True, description="Keep task instructions (false: stage-1 style, none).")
+    seed: int = 0
+    checkpoint_every: int = Field(50, ge=0, description="Steps between checkpoints (0: only at the end).")
+    eval_every: int = Field(0, ge=0, description="Steps between evaluations (0: none during training).")
+    eval_at_end: bool = True
+    eval_max_queries: int | None = Field(
+        None, ge=1, description="Queries per dataset in the evaluations during training (end: eval.max_queries).")
+    log_every: int = Field(10, ge=1, description="Console lines every this many steps (the CSV gets every step).")
+
+
+class MineConfig(Section):
+    """Hard-negative mining with a checkpoint: B3-style rank skipping or a Qwen3-VL-style score threshold."""
+
+    before_training: bool = Field(False, description="In a recipe: mine this stage's pairs with the previous "
+                                  "stage's model first, then train on the mined pairs.")
+    out: str | None = Field(None, description="Folder for the mined pair files (default: <run>/mined).")
+    method: Literal["b3", "threshold"] = "b3"
+    top_k: int = Field(3, ge=1, description="Hard negatives kept per query.")
+    skip_top: int = Field(30, ge=0, description="b3: non-positive ranks skipped first (likely false negatives).")
+    margin: float = Field(0.0, description="threshold: skip candidates scoring above the positive + margin.")
+    min_positive: float | None = Field(None, description="Mine only queries whose positive scores above this.")
+    keep_existing: bool = Field(False, description="Append mined negatives to the pair's own instead of replacing.")
+    ray: bool = Field(False, description="Embed with Ray Data actors instead of in this process.")
+    actors: int = Field(1, ge=1)
+
+
 class OmniretConfig(Section):
     model: ModelConfig = ModelConfig()
     media: MediaConfig = MediaConfig()
     embed: EmbedConfig = EmbedConfig()
     rerank: RerankConfig = RerankConfig()
     lora: LoraConfig = LoraConfig()
+    ingest: IngestConfig = IngestConfig()
+    index: IndexConfig = IndexConfig()
+    data: DataConfig = DataConfig()
+    eval: EvalConfig = EvalConfig()
+    serve: ServeConfig = ServeConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    mine: MineConfig = MineConfig()
 
     @field_validator("*", mode="before")
     @classmethod
@@ -131,9 +370,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``extra`` into a copy of ``base`` (sections merge, values replace)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                schema: type[BaseModel] = OmniretConfig) -> Any:
-    """Read a YAML file (or start from defaults), apply overrides, validate against ``schema``."""
+                schema: type[BaseModel] = OmniretConfig, base: dict[str, Any] | None = None) -> Any:
+    """Read a YAML file (or start from defaults), merge ``base`` settings over it, apply overrides,
+    and validate against ``schema``."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -143,6 +391,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config {path} must be a mapping at the top level")
         data = loaded or {}
+    data = merge(data, base or {})
     apply_overrides(data, overrides or [])
     try:
         return schema.model_validate(data)
