@@ -17,11 +17,12 @@ ImageLike = str | Path | bytes | Image.Image
 
 @dataclass
 class VideoRef:
-    """A video file, or the clip [start, end) seconds of it."""
+    """A video file, or the clip [start, end) seconds of it; ``num_frames`` overrides the configured count."""
 
     path: str | Path
     start: float | None = None
     end: float | None = None
+    num_frames: int | None = None
 
 
 @dataclass

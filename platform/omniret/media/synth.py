@@ -81,11 +81,13 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, fill: RGB, x: float, y: f
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
-def moving_positions(direction: str, num_frames: int, size: tuple[int, int], shape_size: int) -> np.ndarray:
+def moving_positions(direction: str, num_frames: int, size: tuple[int, int], shape_size: int,
+                     offset: float = 0.0) -> np.ndarray:
     """Centres (num_frames, 2) of a shape crossing a frame of ``size`` in ``direction``.
 
     The shape starts fully inside one edge and ends fully inside the opposite one, moving the
-    same distance every frame, along the middle line of the frame.
+    same distance every frame, along the middle line of the frame shifted by ``offset`` pixels
+    (down for horizontal motion, right for vertical motion).
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; expected one of {DIRECTIONS}")
@@ -95,7 +97,7 @@ def moving_positions(direction: str, num_frames: int, size: tuple[int, int], sha
     track = np.linspace(margin, along - margin, num_frames)
     if direction in ("left", "up"):
         track = track[::-1]
-    across = np.full(num_frames, (height if direction in ("left", "right") else width) / 2)
+    across = np.full(num_frames, (height if direction in ("left", "right") else width) / 2 + offset)
     xy = (track, across) if direction in ("left", "right") else (across, track)
     return np.stack(xy, axis=1)
 
@@ -111,23 +113,25 @@ def write_moving_video(
     fps: float = 8,
     background: RGB = WHITE,
     faststart: bool = False,
+    shape_size: int | None = None,
+    offset: float = 0.0,
 ) -> Path:
     """Write an MP4 (MPEG-4 part 2, 'mp4v') of one shape crossing the frame in ``direction``.
 
-    The shape is a quarter of the frame's smaller side; see :func:`moving_positions` for the
-    path. ``faststart`` puts the index ('moov' box) before the media data, as web videos have
+    The shape is ``shape_size`` pixels wide (default: a quarter of the frame's smaller side);
+    see :func:`moving_positions` for the path and ``offset``. ``faststart`` puts the index ('moov' box) before the media data, as web videos have
     it; such a file cut short still opens, which is useful for testing truncation handling.
     Returns ``path``.
     """
     path = Path(path)
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    shape_size = min(size) // 4
+    shape_size = shape_size or min(size) // 4
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), tuple(size))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write an mp4v video to {path}")
     try:
-        for x, y in moving_positions(direction, num_frames, size, shape_size):
+        for x, y in moving_positions(direction, num_frames, size, shape_size, offset):
             frame = draw_scene(
                 [{"shape": shape, "color": color, "x": x, "y": y, "size": shape_size}], size, background
             )

@@ -79,15 +79,17 @@ class InputEncoder:
         return Visual("image", patches, grid)
 
     def _video(self, video, source: str) -> list[Visual]:
-        from omniret.media.video import VideoFrames, read_frames  # decord loads only when needed
+        from omniret.media.frames import read_frame_dir  # decord loads only when needed
+        from omniret.media.video import VideoFrames, read_frames
 
         m = self.media
         if isinstance(video, VideoFrames):
             frames = video
         else:
             ref = video if isinstance(video, VideoRef) else VideoRef(video)
-            frames = read_frames(ref.path, start=ref.start, end=ref.end, num_frames=m.video_frames,
-                                 fps=m.video_fps, max_frames=m.video_max_frames, max_bytes=m.max_file_bytes)
+            read = read_frame_dir if Path(ref.path).is_dir() else read_frames  # MMEB ships frame folders
+            frames = read(ref.path, start=ref.start, end=ref.end, num_frames=ref.num_frames or m.video_frames,
+                         fps=m.video_fps, max_frames=m.video_max_frames, max_bytes=m.max_file_bytes)
         if len(frames.frames) > m.video_max_frames:
             raise MediaError(source, f"{len(frames.frames)} frames exceed media.video_max_frames="
                                      f"{m.video_max_frames}")
