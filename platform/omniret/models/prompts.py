@@ -80,6 +80,20 @@ TEMPLATES: dict[str, PromptTemplate] = {
                    "<|endoftext|> appended after the assistant header, right padding)",
         ),
         PromptTemplate(
+            name="rzen_embed_paper",
+            layout=("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{visuals}{body}<|im_end|>\n"
+                    "<|im_start|>assistant\n<|endoftext|>"),
+            instruction_in="body",
+            system_when_body=("Given an image, summarize the provided image in one word. Given only text, "
+                              "describe the text in one word."),
+            default_instruction="",
+            padding_side="right",
+            pooled_token="<|endoftext|>",
+            video_as_frames=True,
+            source="RzenEmbed paper §3.4.4: the released layout (rzen_embed) with the paper's one-word "
+                   "system prompt in place of 'You are a helpful assistant.'",
+        ),
+        PromptTemplate(
             name="qwen3_vl_embedding",
             layout=("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{visuals}{body}<|im_end|>\n"
                     "<|im_start|>assistant\n"),

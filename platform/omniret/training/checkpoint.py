@@ -1,0 +1,144 @@
+"""Training checkpoints: a model folder that loads as it is, plus everything needed to resume.
+
+``checkpoint_<step>/`` holds
+
+- full training: an HF checkpoint (config.json, model.safetensors, tokenizer and preprocessor files),
+  loaded with ``model.path=<folder>``;
+- LoRA training: a PEFT adapter (adapter_config.json, adapter_model.safetensors), loaded with
+  ``model.path=<base> model.adapter=<folder>``; ``omniret_checkpoint.json`` names the base;
+- ``training_state/``: state.json (step, sampler position and probabilities, metrics), the
+  optimizer, scheduler and loss (learnable temperatures) states, and ``rng_rank<r>.pt`` with every
+  rank's Python / NumPy / torch (and CUDA) generators. Each rank writes its own RNG file; Ray Train
+  merges the ranks' folders into one checkpoint.
+
+:func:`export_final` writes a stage's output for the next stage: the full model (LoRA merged in)
+with the adapter kept under ``adapter/`` for soups.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from omniret.models.adapters import SIDE_FILES
+from omniret.models.backbone import unwrap
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "training_state"
+INFO_FILE = "omniret_checkpoint.json"
+
+
+def save_model(folder: str | Path, model: nn.Module, mode: str, base_dir: str | Path) -> None:
+    """The trained weights in a loadable form: an HF checkpoint (full) or a PEFT adapter (lora)."""
+    folder, base_dir = Path(folder), Path(base_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    if mode == "lora":
+        model.save_pretrained(str(folder), safe_serialization=True)
+    else:
+        unwrap(model).save_pretrained(folder, safe_serialization=True)
+        copy_side_files(base_dir, folder)
+
+
+def copy_side_files(source: Path, folder: Path) -> None:
+    """Tokenizer, preprocessor and template files that make a weights folder a usable checkpoint."""
+    for name in SIDE_FILES:
+        if (source / name).is_file() and not (folder / name).exists():
+            shutil.copy2(source / name, folder / name)
+
+
+def save_training_state(folder: str | Path, *, state: dict[str, Any], optimizer: torch.optim.Optimizer,
+                        scheduler: Any, loss: nn.Module, info: dict[str, Any]) -> None:
+    """Rank 0's share: state.json, optimizer / scheduler / loss states and the checkpoint description."""
+    folder = Path(folder)
+    target = folder / STATE_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    torch.save(optimizer.state_dict(), target / "optimizer.pt")
+    torch.save(scheduler.state_dict(), target / "scheduler.pt")
+    torch.save(loss.state_dict(), target / "loss.pt")
+    (target / "state.json").write_text(json.dumps(state, indent=2))
+    (folder / INFO_FILE).write_text(json.dumps(info, indent=2))
+
+
+def save_rng(folder: str | Path, rank: int) -> None:
+    target = Path(folder) / STATE_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+               target / f"rng_rank{rank}.pt")
+
+
+def load_rng(folder: str | Path, rank: int) -> bool:
+    """Restore this rank's generators; False (generators untouched) when the file is missing."""
+    path = Path(folder) / STATE_DIR / f"rng_rank{rank}.pt"
+    if not path.is_file():
+        log.warning("no RNG state for rank %d in %s; generators are not restored", rank, folder)
+        return False
+    saved = torch.load(path, weights_only=False)
+    random.setstate(saved["python"])
+    np.random.set_state(saved["numpy"])
+    torch.set_rng_state(saved["torch"])
+    if saved["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda"])
+    return True
+
+
+def read_state(folder: str | Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / STATE_DIR / "state.json").read_text())
+
+
+def load_training_state(folder: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any,
+                        loss: nn.Module) -> dict[str, Any]:
+    """Restore optimizer, scheduler and loss from ``folder``; returns state.json."""
+    target = Path(folder) / STATE_DIR
+    optimizer.load_state_dict(torch.load(target / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(target / "scheduler.pt", weights_only=False))
+    loss.load_state_dict(torch.load(target / "loss.pt", weights_only=True))
+    return read_state(folder)
+
+
+def describe(folder: str | Path) -> dict[str, Any]:
+    """The checkpoint's description (mode, base model, step)."""
+    return json.loads((Path(folder) / INFO_FILE).read_text())
+
+
+def load_overrides(folder: str | Path) -> list[str]:
+    """Config overrides that load this checkpoint in the embedder, reranker or server."""
+    folder = Path(folder).resolve()
+    info = describe(folder)
+    if info["mode"] == "lora":
+        return [f"model.path={info['base']}", f"model.adapter={folder}"]
+    return [f"model.path={folder}"]
+
+
+def export_final(checkpoint: str | Path, out: str | Path) -> Path:
+    """A stage's output from its last checkpoint: a full HF checkpoint (LoRA merged, adapter in adapter/)."""
+    from omniret.models.adapters import load_adapter, merge
+    from omniret.models.families import detect_family
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    info = describe(checkpoint)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if info["mode"] == "lora":
+        base = Path(info["base"])
+        model = detect_family(base).model_class().from_pretrained(base, dtype="auto")
+        merged = merge(load_adapter(model, checkpoint))
+        merged.save_pretrained(tmp, safe_serialization=True)
+        copy_side_files(base, tmp)
+        shutil.copytree(checkpoint, tmp / "adapter", ignore=shutil.ignore_patterns(STATE_DIR))
+    else:
+        shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns(STATE_DIR))
+    (tmp / INFO_FILE).write_text(json.dumps({**info, "mode": "full", "trained_as": info["mode"],
+                                             "from_checkpoint": str(checkpoint)}, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out

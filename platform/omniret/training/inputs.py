@@ -1,0 +1,126 @@
+"""Turn a worker's share of a batch of pairs into model inputs: queries, positives, K hard negatives.
+
+Every rank knows the whole global batch (the sampler is deterministic and identical on all ranks)
+and takes a contiguous slice of it (:func:`shard`). Pairs are decoded and tokenised here, on the
+worker's CPU; a pair whose media cannot be read is dropped from the step with its id and the reason
+(the run goes on). Stage-1 training drops the task instructions (``instructions=False``), so the
+template's default prompt is used. A query gets ``min(negatives, fewest negatives in the shard)``
+explicit negatives, so the (B, K, D) negative tensor is rectangular. :class:`EncodeCache` keeps
+encoded items (decoded pixels, token ids) for the next epochs, up to a memory budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from omniret.data.schema import Pair, Side
+from omniret.errors import MediaError
+from omniret.models.encoding import Encoded, InputEncoder
+
+log = logging.getLogger(__name__)
+
+
+def shard(indices: Sequence[int], rank: int, world: int) -> list[int]:
+    """Rank ``rank``'s contiguous share of ``indices`` (sizes differ by at most one)."""
+    n = len(indices)
+    return list(indices[rank * n // world:(rank + 1) * n // world])
+
+
+@dataclass
+class StepInputs:
+    queries: list[Encoded] = field(default_factory=list)
+    targets: list[Encoded] = field(default_factory=list)
+    negatives: list[Encoded] = field(default_factory=list)  # query-major, K per query
+    task_ids: list[int] = field(default_factory=list)
+    target_keys: list[str] = field(default_factory=list)  # identifies each positive's content
+    query_modality: list[list[bool]] = field(default_factory=list)  # [text, image, audio, video] per query
+    target_modality: list[list[bool]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # "pair id: reason" of pairs left out
+
+    @property
+    def rows(self) -> int:
+        return len(self.queries)
+
+    @property
+    def negatives_per_query(self) -> int:
+        return len(self.negatives) // self.rows if self.rows else 0
+
+
+def training_side(side: Side, instructions: bool) -> Side:
+    """The side as trained: without its instruction in instruction-free (stage-1) training."""
+    return side if instructions or side.instruction is None else dataclasses.replace(side, instruction=None)
+
+
+class EncodeCache:
+    """Least-recently-used encoded items, keyed by content, within ``max_mb`` of patch and token memory."""
+
+    def __init__(self, max_mb: float):
+        self.max_bytes = int(max_mb * 2**20)
+        self.items: OrderedDict[str, tuple[Encoded, int]] = OrderedDict()
+        self.bytes = 0
+        self.hits = self.misses = 0
+
+    def get(self, key: str, encode: Callable[[], Encoded]) -> Encoded:
+        found = self.items.get(key)
+        if found is not None:
+            self.items.move_to_end(key)
+            self.hits += 1
+            return found[0]
+        self.misses += 1
+        encoded = encode()
+        size = 8 * len(encoded.input_ids) + sum(v.patches.nbytes for v in encoded.visuals)
+        if size <= self.max_bytes:
+            self.items[key] = (encoded, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, (_, dropped) = self.items.popitem(last=False)
+                self.bytes -= dropped
+        return encoded
+
+
+def _encode(encoder: InputEncoder, side: Side, label: str) -> Encoded:
+    return encoder.encode(side.to_item(name=label))
+
+
+def encode_pairs(pairs: Sequence[Pair], encoder: InputEncoder, negatives: int = 0,
+                 instructions: bool = True, cache: EncodeCache | None = None) -> StepInputs:
+    """Encode queries, first positives and up to ``negatives`` explicit negatives of ``pairs``."""
+    k = min([negatives, *(len(p.negatives) for p in pairs)]) if pairs else 0
+    out = StepInputs()
+    for pair in pairs:
+        name = pair.id or pair.dataset
+        try:
+            query = training_side(pair.query, instructions)
+            positive = training_side(pair.positives[0], instructions)
+            negs = [training_side(s, instructions) for s in pair.negatives[:k]]
+            roles = [(query, "query"), (positive, "positive"), *((s, f"negative {i}") for i, s in enumerate(negs))]
+            makers = [functools.partial(_encode, encoder, s, f"{name} {role}") for s, role in roles]
+            encoded = [cache.get(s.key(), make) if cache else make() for (s, _), make in zip(roles, makers, strict=True)]
+        except (MediaError, OSError, ValueError) as exc:
+            out.dropped.append(f"{name}: {exc}")
+            log.warning("training pair %s left out of the step: %s", name, exc)
+            continue
+        out.queries.append(encoded[0])
+        out.targets.append(encoded[1])
+        out.negatives += encoded[2:]
+        out.task_ids.append(pair.task_id)
+        out.target_keys.append(positive.key())
+        out.query_modality.append(modality_flags(query))
+        out.target_modality.append(modality_flags(positive))
+    return out
+
+
+def modality_flags(side: Side) -> list[bool]:
+    """Presence of [text, image, audio, video] (the e5-omni modality order; a PDF page is an image)."""
+    text, image, video, page = side.flags
+    return [text, image or page, False, video]
+
+
+def duplicate_mask(keys: Sequence[str]) -> list[list[bool]]:
+    """(B_g, B_g) True where two rows' positives have the same content (extra in-batch positives)."""
+    return [[a == b for b in keys] for a in keys]

@@ -1,0 +1,231 @@
+"""Which pairs form each training batch: homogeneous batches, resampling weights, the GVE curriculum.
+
+The :class:`~omniret.data.mixing.Mixture` has already capped the datasets, merged the classification
+sets into one group and turned ``data.weights`` into group probabilities. :class:`BatchSampler`
+draws from it:
+
+- **homogeneous** (RzenEmbed §3.4.2, VLM2Vec-V2): each batch comes from one group, the group drawn
+  with the epoch's probabilities; otherwise every row draws its own group (mixed batches);
+- each group is a stream of seeded permutations of its pairs: a batch takes the next ``b`` pairs,
+  ``b = min(batch_size, group size)``; a remainder shorter than ``b`` is dropped and a new
+  permutation starts, so a batch never holds the same pair twice;
+- **GVE modality pyramid** (METHODS §4.1): at each epoch start the model probes every group's
+  alignment ``R_k`` (mean cosine of query and positive over a few pairs) and groups are drawn with
+  ``P(k) ∝ base_k * exp(R_k / sigma)``, sigma rising linearly from ``sigma_min`` (epoch 0) to
+  ``sigma_max`` (last epoch); ``base_k`` are the mixture's probabilities (uniform weights reduce it
+  to GVE's softmax). Well-aligned groups come first, the schedule flattens later.
+
+Everything is a function of (seed, epoch, the epoch's probabilities): an epoch's plan is rebuilt
+from :class:`SamplerState` (epoch, position, probabilities), so a resumed run continues with exactly
+the batches an uninterrupted run would have drawn; the probe is not repeated on resume.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from omniret.data.mixing import Mixture
+from omniret.data.schema import Pair
+
+
+@dataclass
+class Batch:
+    """One global batch: indices into :attr:`BatchSampler.pairs`, the group(s) they came from."""
+
+    indices: list[int]
+    group: str  # the group of a homogeneous batch; "mixed" otherwise
+    epoch: int
+    position: int  # index of this batch within its epoch
+
+    def fingerprint(self) -> int:
+        """A checksum of the indices (logged per step so runs and resumes can be compared)."""
+        return zlib.crc32(",".join(map(str, self.indices)).encode())
+
+
+@dataclass
+class SamplerState:
+    epoch: int = 0
+    position: int = 0  # batches of this epoch already drawn
+    probabilities: dict[str, float] | None = None  # this epoch's group probabilities (None: not begun)
+    alignment: dict[str, float] | None = None  # this epoch's probe results (pyramid)
+    sigma: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SamplerState:
+        return cls(**dict(data))
+
+
+@dataclass
+class BatchSampler:
+    mixture: Mixture
+    batch_size: int
+    seed: int = 0
+    homogeneous: bool = True
+    steps_per_epoch: int | None = None
+    state: SamplerState = field(default_factory=SamplerState)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        self.groups = [g for g in sorted(self.mixture.groups) if self.mixture.groups[g]]
+        if not self.groups:
+            raise ValueError("the mixture has no pairs to sample")
+        self.pairs: list[Pair] = []
+        self.members: dict[str, list[int]] = {}
+        for group in self.groups:
+            start = len(self.pairs)
+            self.pairs += self.mixture.groups[group]
+            self.members[group] = list(range(start, len(self.pairs)))
+        if self.steps_per_epoch is None:
+            self.steps_per_epoch = max(1, len(self.pairs) // self.batch_size)
+        self._plan: list[Batch] | None = None
+
+    @property
+    def base_probabilities(self) -> dict[str, float]:
+        raw = {g: self.mixture.probabilities.get(g, 0.0) for g in self.groups}
+        total = sum(raw.values())
+        if total <= 0:
+            raise ValueError("every group has probability 0")
+        return {g: p / total for g, p in raw.items()}
+
+    # ---- epochs ------------------------------------------------------------------------------
+    @property
+    def needs_epoch_start(self) -> bool:
+        return self.state.probabilities is None
+
+    def begin_epoch(self, probabilities: Mapping[str, float] | None = None, *,
+                    alignment: Mapping[str, float] | None = None, sigma: float | None = None) -> None:
+        """Fix this epoch's group probabilities (default: the mixture's) and build its plan."""
+        probs = dict(probabilities or self.base_probabilities)
+        unknown = set(probs) - set(self.groups)
+        if unknown:
+            raise ValueError(f"probabilities name unknown groups {sorted(unknown)}")
+        self.state.probabilities = probs
+        self.state.alignment = dict(alignment) if alignment is not None else None
+        self.state.sigma = sigma
+        self._plan = None
+
+    def plan(self) -> list[Batch]:
+        """Every batch of the current epoch (deterministic given seed, epoch and probabilities)."""
+        if self.state.probabilities is None:
+            raise RuntimeError("call begin_epoch() first")
+        if self._plan is None:
+            self._plan = self._build_plan(self.state.epoch, self.state.probabilities)
+        return self._plan
+
+    def next(self) -> Batch:
+        """The next batch; the epoch advances after its last batch (call begin_epoch() again then)."""
+        if self.needs_epoch_start:
+            self.begin_epoch()
+        batch = self.plan()[self.state.position]
+        self.state.position += 1
+        if self.state.position >= len(self.plan()):
+            self.state = SamplerState(epoch=self.state.epoch + 1)
+            self._plan = None
+        return batch
+
+    def pairs_of(self, batch: Batch) -> list[Pair]:
+        return [self.pairs[i] for i in batch.indices]
+
+    # ---- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return self.state.to_dict()
+
+    def load_state_dict(self, data: Mapping[str, Any]) -> None:
+        self.state = SamplerState.from_dict(data)
+        self._plan = None
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _build_plan(self, epoch: int, probabilities: Mapping[str, float]) -> list[Batch]:
+        names = [g for g in self.groups if probabilities.get(g, 0.0) > 0]
+        if not names:
+            raise ValueError("every group has probability 0 this epoch")
+        weights = [probabilities[g] for g in names]
+        rng = random.Random(f"{self.seed}/plan/{epoch}")
+        streams = {g: _Stream(self.members[g], f"{self.seed}/{epoch}/{g}") for g in names}
+        plan = []
+        for position in range(self.steps_per_epoch):
+            if self.homogeneous:
+                group = rng.choices(names, weights)[0]
+                size = min(self.batch_size, len(self.members[group]))
+                indices, label = streams[group].take(size), group
+            else:
+                rows = rng.choices(names, weights, k=self.batch_size)
+                indices, label = [streams[g].take(1)[0] for g in rows], "mixed"
+            plan.append(Batch(indices, label, epoch, position))
+        return plan
+
+
+class _Stream:
+    """Consecutive seeded permutations of a group's members; a short remainder is skipped."""
+
+    def __init__(self, members: list[int], key: str):
+        self.members, self.key = members, key
+        self.cycle, self.order, self.cursor = 0, self._permutation(0), 0
+
+    def _permutation(self, cycle: int) -> list[int]:
+        order = list(self.members)
+        random.Random(f"{self.key}/{cycle}").shuffle(order)
+        return order
+
+    def take(self, n: int) -> list[int]:
+        if self.cursor + n > len(self.order):
+            self.cycle += 1
+            self.order, self.cursor = self._permutation(self.cycle), 0
+        out = self.order[self.cursor:self.cursor + n]
+        self.cursor += n
+        return out
+
+
+# ---- GVE modality pyramid ----------------------------------------------------------------------
+
+
+def sigma_at(epoch: int, epochs: int, sigma_min: float = 0.1, sigma_max: float = 1.0) -> float:
+    """Linear schedule: sigma_min at the first epoch, sigma_max at the last (sigma_min for one epoch)."""
+    if epochs <= 1:
+        return sigma_min
+    return sigma_min + (sigma_max - sigma_min) * min(epoch, epochs - 1) / (epochs - 1)
+
+
+def pyramid_probabilities(base: Mapping[str, float], alignment: Mapping[str, float],
+                          sigma: float) -> dict[str, float]:
+    """``P(k) ∝ base_k * exp(R_k / sigma)`` (computed stably); groups without a probe keep weight 0."""
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    names = [g for g in base if g in alignment and base[g] > 0]
+    if not names:
+        raise ValueError("no group has both a probability and an alignment score")
+    top = max(alignment[g] / sigma for g in names)
+    raw = {g: base[g] * math.exp(alignment[g] / sigma - top) for g in names}
+    total = sum(raw.values())
+    return {g: raw.get(g, 0.0) / total for g in base}
+
+
+def probe_sets(sampler: BatchSampler, per_group: int, epoch: int) -> dict[str, list[Pair]]:
+    """A seeded choice of ``per_group`` pairs of every group, for the alignment probe."""
+    out = {}
+    for group in sampler.groups:
+        members = sampler.members[group]
+        rng = random.Random(f"{sampler.seed}/probe/{epoch}/{group}")
+        chosen = rng.sample(members, min(per_group, len(members)))
+        out[group] = [sampler.pairs[i] for i in chosen]
+    return out
+
+
+def alignment_scores(probes: Mapping[str, list[Pair]],
+                     similarity: Callable[[list[Pair]], list[float]]) -> dict[str, float]:
+    """``R_k``: mean query-positive similarity of each group's probe pairs (``similarity`` embeds them)."""
+    scores = {}
+    for group, pairs in probes.items():
+        values = similarity(pairs)
+        if values:
+            scores[group] = float(sum(values) / len(values))
+    return scores

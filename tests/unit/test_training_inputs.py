@@ -1,0 +1,72 @@
+"""Pairs -> model inputs: instructions dropped for stage 1, K negatives per query, unreadable media left out
+by name, modality flags, and the decoded-item cache with its memory budget."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from omniret.data.schema import Pair, Side
+from omniret.models.embedder import Embedder
+from omniret.training.inputs import EncodeCache, encode_pairs, modality_flags, training_side
+
+
+@pytest.fixture(scope="module")
+def encoder(backbones):
+    return Embedder(backbones["qwen2_vl"], template="qwen3_vl_embedding").encoder
+
+
+def _pair(i: int, negatives: int, image: str | None = None) -> Pair:
+    return Pair(Side(text=f"query {i}", instruction="Find the picture."),
+                [Side(images=[image] if image else [], text=None if image else f"doc {i}")],
+                [Side(text=f"negative {i}.{k}") for k in range(negatives)],
+                dataset="d", task="image_retrieval", id=f"d:{i}")
+
+
+def test_instructions_are_dropped_only_in_instruction_free_training(encoder):
+    pair = _pair(0, 0)
+    assert training_side(pair.query, instructions=True).instruction == "Find the picture."
+    assert training_side(pair.query, instructions=False).instruction is None
+    with_inst = encode_pairs([pair], encoder, instructions=True).queries[0].input_ids
+    without = encode_pairs([pair], encoder, instructions=False).queries[0].input_ids
+    text = encoder.tokenizer.decode(without)
+    assert "Find the picture" not in text and "Represent the user's input." in text  # the template default
+    assert "Find the picture" in encoder.tokenizer.decode(with_inst)
+
+
+def test_every_query_gets_the_same_number_of_negatives(encoder):
+    inputs = encode_pairs([_pair(0, 3), _pair(1, 1), _pair(2, 2)], encoder, negatives=2)
+    assert inputs.rows == 3 and inputs.negatives_per_query == 1 and len(inputs.negatives) == 3
+    assert encode_pairs([_pair(0, 3), _pair(1, 3)], encoder, negatives=2).negatives_per_query == 2
+    assert encode_pairs([_pair(0, 3)], encoder, negatives=0).negatives == []
+
+
+def test_unreadable_media_drops_the_pair_by_name(encoder, tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (56, 56), "red").save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    inputs = encode_pairs([_pair(0, 0, str(good)), _pair(1, 0, str(bad)), _pair(2, 0)], encoder)
+    assert inputs.rows == 2 and inputs.task_ids == [2, 2]
+    assert len(inputs.dropped) == 1 and inputs.dropped[0].startswith("d:1:") and "bad.png" in inputs.dropped[0]
+    assert inputs.target_modality == [[False, True, False, False], [True, False, False, False]]
+    assert modality_flags(Side(text="t", video=None)) == [True, False, False, False]
+
+
+def test_cache_reuses_encoded_items_within_its_budget(encoder, tmp_path):
+    image = tmp_path / "img.png"
+    Image.new("RGB", (56, 56), "blue").save(image)
+    cache = EncodeCache(max_mb=1)
+    first = encode_pairs([_pair(0, 0, str(image))], encoder, cache=cache)
+    again = encode_pairs([_pair(0, 0, str(image))], encoder, cache=cache)
+    assert cache.misses == 2 and cache.hits == 2
+    assert again.targets[0] is first.targets[0]
+    tiny = EncodeCache(max_mb=1e-4)  # 104 bytes: no item fits, nothing is kept
+    encode_pairs([_pair(0, 0, str(image))], encoder, cache=tiny)
+    assert tiny.bytes <= tiny.max_bytes and len(tiny.items) == 0
+    evicting = EncodeCache(max_mb=0.002)  # room for a few token lists: the oldest go first
+    for i in range(20):
+        encode_pairs([_pair(i, 0)], encoder, cache=evicting)
+    assert 0 < len(evicting.items) < 40 and evicting.bytes <= evicting.max_bytes
+    assert Side(text="doc 19").key() in evicting.items and Side(text="query 0",
+                                                                 instruction="Find the picture.").key() not in evicting.items

@@ -1,0 +1,79 @@
+"""Hard-negative mining: B3 rank skipping, the Qwen3-VL relative threshold, and a real mining run with the
+tiny model that rewrites pair files (broken rows reported, classification negatives are other labels)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from omniret.config import SyntheticConfig, load_config
+from omniret.data.readers import read_pairs
+from omniret.data.synthetic import generate_benchmark
+from omniret.training.mining import mine, select_negatives
+
+SCORES = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+
+
+def test_b3_skips_the_top_ranks_after_removing_positives():
+    # ranking without the positive (index 1): 0, 2, 3, 4, 5, 6; skip 2, keep 3
+    assert select_negatives(SCORES, {1}, method="b3", top_k=3, skip_top=2) == [3, 4, 5]
+    assert select_negatives(SCORES, {1}, method="b3", top_k=2, skip_top=0) == [0, 2]
+    assert select_negatives(SCORES, {1}, method="b3", top_k=3, skip_top=5) == [6]
+
+
+def test_threshold_keeps_only_candidates_below_the_positive_plus_margin():
+    # positive scores 0.6; margin 0.05 -> candidates must score below 0.65
+    assert select_negatives(SCORES, {3}, method="threshold", top_k=2, margin=0.05) == [4, 5]
+    assert select_negatives(SCORES, {3}, method="threshold", top_k=2, margin=0.15) == [2, 4]
+    # two positives: their mean (0.85) is the reference
+    assert select_negatives(SCORES, {0, 1}, method="threshold", top_k=1, margin=0.0) == [2]
+    with pytest.raises(ValueError, match="unknown mining method"):
+        select_negatives(SCORES, {0}, method="other", top_k=1)
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mine")
+    generate_benchmark(root, SyntheticConfig(train_per_task=12, eval_queries=2,
+                                             tasks=["syn_cls_color", "syn_t2i"]))
+    with (root / "train" / "syn_t2i.jsonl").open("a") as f:
+        f.write('{"query": {"text": "no positives here"}}\n')  # a broken row
+    return root / "train"
+
+
+@pytest.mark.parametrize("method", ["b3", "threshold"])
+def test_mining_rewrites_pair_files_with_hard_negatives(method, pairs_dir, tiny_dirs, tmp_path):
+    cfg = load_config(None, [f"model.path={tiny_dirs['qwen2_vl']}", f"data.train=[{pairs_dir}]",
+                             f"mine.method={method}", "mine.top_k=2", "mine.skip_top=1", "mine.margin=0.5"])
+    result = mine(cfg, tmp_path / "mined")
+    assert result.skipped_rows == 1
+    assert set(result.datasets) == {"syn_cls_color", "syn_t2i"}
+    assert json.loads(json.dumps(result.datasets["syn_t2i"].__dict__))["pairs"] == 12
+    mined = read_pairs(tmp_path / "mined")
+    assert mined.skipped == 0 and len(mined.pairs) == 24
+    originals = {p.id: p for p in read_pairs(pairs_dir).pairs}
+    for pair in mined.pairs:
+        own = {s.key() for s in pair.positives}
+        assert len(pair.negatives) == 2
+        assert not own & {s.key() for s in pair.negatives}  # never the pair's own positive
+        scores = pair.meta["mined"]["scores"]
+        assert scores == sorted(scores, reverse=True)
+        assert pair.query.key() == originals[pair.id].query.key()
+        if pair.dataset == "syn_cls_color":  # classification: the negatives are other colour labels
+            assert all(s.text and s.text != pair.positives[0].text for s in pair.negatives)
+    assert (tmp_path / "mined" / "mining.yaml").is_file()
+
+
+def test_keep_existing_appends_mined_negatives(pairs_dir, tiny_dirs, tmp_path):
+    cfg = load_config(None, [f"model.path={tiny_dirs['qwen2_vl']}", f"data.train=[{pairs_dir / 'syn_t2i.jsonl'}]",
+                             "mine.top_k=1", "mine.skip_top=0", "mine.keep_existing=true"])
+    mine(cfg, tmp_path / "mined")
+    original = {p.id: p for p in read_pairs(pairs_dir / "syn_t2i.jsonl").pairs}
+    for pair in read_pairs(tmp_path / "mined").pairs:
+        before = [s.key() for s in original[pair.id].negatives]
+        assert [s.key() for s in pair.negatives[:len(before)]] == before
+        keys = [s.key() for s in pair.negatives]
+        assert len(keys) in (len(before), len(before) + 1) and len(set(keys)) == len(keys)
+    assert any(len(p.negatives) > len(original[p.id].negatives) for p in read_pairs(tmp_path / "mined").pairs)

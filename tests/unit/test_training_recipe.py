@@ -1,0 +1,146 @@
+"""Recipes (stages in one file or several), path rebasing for `ray job submit`, stage chaining with mining,
+the ablation rows, the run log and its plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from omniret.config import SyntheticConfig
+from omniret.data.readers import read_pairs
+from omniret.data.synthetic import generate_benchmark
+from omniret.errors import ConfigError
+from omniret.training.ablation import ROWS, Cell, markdown_table, row_configs, summarize
+from omniret.training.logbook import CsvLog, read_events, read_rows, record_event
+from omniret.training.plot import plot_run
+from omniret.training.recipe import load_stages, run_stages
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "ray_jobs" / "configs"
+
+
+def test_quickstart_recipe_has_two_chained_stages():
+    stage1, stage2 = load_stages([CONFIGS / "quickstart.yaml"], ["train.output_dir=/runs"])
+    assert (stage1.train.name, stage2.train.name) == ("quickstart-stage1", "quickstart-stage2")
+    assert not stage1.train.instructions and stage1.train.negatives == 0
+    assert stage2.train.instructions and stage2.train.negatives > 0 and stage2.mine.before_training
+    assert stage1.train.mode == stage2.train.mode == "full" and stage1.model.path is None
+    assert stage1.train.output_dir == stage2.train.output_dir == "/runs"  # overrides reach every stage
+
+
+def test_lora_stage_files_chain_by_init_from():
+    stage1, stage2 = load_stages([CONFIGS / "stage1.yaml", CONFIGS / "stage2.yaml"])
+    assert stage1.train.mode == stage2.train.mode == "lora"
+    assert not stage1.train.instructions and stage2.train.instructions and stage2.train.negatives > 0
+    assert stage2.train.init_from.endswith(stage1.train.name)
+
+
+def test_relative_paths_are_rebased_on_root(tmp_path):
+    (stage,) = load_stages([CONFIGS / "stage1.yaml"], ["model.path=models/base", "eval.root=/abs/eval"],
+                           root=tmp_path)
+    assert stage.model.path == str(tmp_path / "models/base") and stage.eval.root == "/abs/eval"
+    assert all(Path(p).is_relative_to(tmp_path) for p in stage.data.train)
+    assert Path(stage.train.output_dir).is_relative_to(tmp_path)
+
+
+def test_bad_recipes_are_reported_by_name(tmp_path):
+    duplicate = tmp_path / "dup.yaml"
+    duplicate.write_text(yaml.safe_dump({"stages": [{"train": {"name": "a"}}, {"train": {"name": "a"}}]}))
+    with pytest.raises(ConfigError, match=r"distinct train\.name"):
+        load_stages([duplicate])
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump({"stages": [{"train": {"name": "a", "learning_rate": 1}}]}))
+    with pytest.raises(ConfigError, match=r"(?s)stage 1.*train.learning_rate"):
+        load_stages([typo])
+
+
+@pytest.mark.slow
+def test_stages_chain_and_mine_between(tiny_dirs, tmp_path):
+    bench = tmp_path / "bench"
+    generate_benchmark(bench, SyntheticConfig(train_per_task=8, eval_queries=2, tasks=["syn_cls_color", "syn_t2i"]))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"path": str(tiny_dirs["qwen2_vl"])}, "data": {"train": [str(bench / "train")]},
+        "eval": {"root": str(bench / "eval")},
+        "train": {"output_dir": str(tmp_path / "runs"), "mode": "full", "batch_size": 4, "max_steps": 2,
+                  "checkpoint_every": 0, "eval_at_end": False, "torch_threads": 1},
+        "stages": [{"train": {"name": "one", "instructions": False}},
+                   {"train": {"name": "two", "negatives": 1}, "mine": {"before_training": True, "top_k": 1,
+                                                                       "skip_top": 0}}]}))
+    first, second = run_stages(load_stages([recipe]), local=True)
+    resolved = yaml.safe_load((second.run_dir / "config.yaml").read_text())
+    assert resolved["model"]["path"] == str(first.final)
+    assert resolved["data"]["train"] == [str(second.run_dir / "mined")]
+    mined = read_pairs(second.run_dir / "mined")
+    assert len(mined.pairs) == 16 and all(len(p.negatives) == 1 for p in mined.pairs)
+    assert (second.final / "config.json").is_file()
+    again = run_stages(load_stages([recipe]), local=True)  # finished stages are not trained again
+    assert [r.skipped for r in again] == [True, True]
+
+
+def test_ablation_rows_are_cumulative():
+    (template,) = load_stages([CONFIGS / "ablation.yaml"])[-1:]
+    rows = dict(row_configs(template))
+    assert list(rows) == [label for label, _ in ROWS]
+    plain, last = rows["InfoNCE"], rows["+ resampling"]
+    assert plain.loss.name == "rzen" and plain.loss.options["alpha"] == 0 and plain.loss.options["fn_threshold"] is None
+    assert rows["+ hardness weighting"].loss.options["alpha"] == 9 and \
+        rows["+ hardness weighting"].loss.options["fn_threshold"] is None
+    assert last.loss.options == {"alpha": 9.0, "fn_threshold": 0.95, "task_temperature": True}
+    assert last.model.template == "rzen_embed_paper" and rows["+ task temperature"].model.template == "rzen_embed"
+    assert last.data.weights["image_retrieval"] == 2 and not rows["+ system prompt"].data.weights
+
+
+def test_ablation_table_gives_mean_spread_and_delta():
+    cells = [Cell("A", 0, {"Overall": 10.0}), Cell("A", 1, {"Overall": 12.0}), Cell("B", 0, {"Overall": 15.0}),
+             Cell("B", 1, {"Overall": 15.0})]
+    summary = summarize(cells)
+    assert summary[0]["Overall"] == 11.0 and summary[0]["Overall_sd"] == pytest.approx(2 ** 0.5)
+    table = markdown_table(summary)
+    assert "| A | 2 | n/a | n/a | n/a | 11.0 ± 1.4 |  |" in table
+    assert "| B | 2 | n/a | n/a | n/a | 15.0 ± 0.0 | +4.0 |" in table
+
+
+def test_logbook_keeps_the_last_row_per_step_and_plot_draws_it(tmp_path):
+    log = CsvLog(tmp_path / "metrics.csv")
+    for step, loss in [(1, 3.0), (2, 2.5), (3, 2.0), (2, 2.4), (3, 1.9), (4, 1.5)]:  # 2-3 redone after a resume
+        log.write({"step": step, "loss": loss, "group": "g"})
+    CsvLog(tmp_path / "metrics.csv").write({"step": 5, "loss": 1.0, "extra": 1})  # header kept from the file
+    rows = read_rows(tmp_path / "metrics.csv")
+    assert [(r["step"], r["loss"]) for r in rows] == [("1", "3"), ("2", "2.4"), ("3", "1.9"), ("4", "1.5"), ("5", "1")]
+    CsvLog(tmp_path / "eval.csv").write({"step": 4, "Overall": 30.0, "Image": 25.0})
+    record_event(tmp_path, "start", step=0)
+    assert read_events(tmp_path)[0]["event"] == "start"
+    png = plot_run(tmp_path)
+    image = Image.open(png)
+    assert image.size == (900, 600)
+    # the loss curve was drawn: its colour appears in the top panel
+    assert (30, 80, 170) in {image.getpixel((x, y)) for x in range(60, 880, 3) for y in range(20, 260, 3)}
+    assert json.loads(json.dumps(read_rows(tmp_path / "eval.csv")))[0]["Overall"] == "30"
+
+
+def test_stage_model_finds_a_previous_stage_output(tmp_path):
+    from omniret.config import load_config
+    from omniret.training.trainer import resolve, stage_model
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "omniret_checkpoint.json").write_text(json.dumps({"mode": "full", "base": "/b"}))
+    assert stage_model(run) == [f"model.path={run / 'final'}"]
+    lora = tmp_path / "run2" / "checkpoint_000010"
+    lora.mkdir(parents=True)
+    (lora / "omniret_checkpoint.json").write_text(json.dumps({"mode": "lora", "base": "/models/base"}))
+    assert stage_model(lora) == ["model.path=/models/base", f"model.adapter={lora}"]
+    plain = tmp_path / "hf"
+    plain.mkdir()
+    assert stage_model(plain) == [f"model.path={plain}", "model.adapter=null"]
+    with pytest.raises(ConfigError, match="not a run folder"):
+        stage_model(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="full checkpoint"):
+        resolve(load_config(None, [f"train.init_from={lora}", "train.mode=lora"]))
+    with pytest.raises(ConfigError, match="batch_size"):
+        resolve(load_config(None, ["train.workers=4", "train.batch_size=2", f"model.path={plain}"]))
