@@ -1,72 +1,119 @@
-"""The demo: generate a small multimodal corpus, embed it, search it with text queries, rerank.
+"""The one-command demo: corpus -> model -> ingest -> Ray Serve API + Gradio app on 127.0.0.1.
 
-With no ``model.path`` it uses the tiny offline model, whose weights are random: the neighbours it
-prints show the machinery working end to end (decode, patchify, embed, search, rerank), not
-retrieval quality. Point ``model.path`` at a real Qwen-VL embedding checkpoint for meaningful results.
+1. Generate the demo corpus (images, short videos, multi-page PDFs) under ``--workdir``.
+2. Pick the model: ``model.path`` if set; otherwise the quickstart model, trained on the generated
+   benchmark the first time (a few minutes on a CPU), or, with ``--fast``, the untrained tiny model.
+3. Ingest the corpus into LanceDB with Ray Data (idempotent: a re-run embeds nothing new).
+4. Serve /v1/embeddings, /v1/rerank and /search with Ray Serve and open the Gradio app; print the URLs
+   and one search answered through the API; stop cleanly on Ctrl-C.
+
+Everything is reused on the next run: corpus, benchmark, trained checkpoint and index.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
-import numpy as np
-
-from omniret.config import OmniretConfig
-from omniret.items import Item, PageRef, VideoRef
+from omniret.config import OmniretConfig, apply_overrides
 
 log = logging.getLogger(__name__)
 
-QUERIES = ["a red circle", "a blue square moving right", "a report page about green triangles"]
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "ray_jobs" / "configs" / "quickstart.yaml"
 
 
-def build_corpus(workdir: Path) -> list[tuple[str, Item]]:
-    """Images, a video and a PDF under ``workdir`` (reused when present); returns (label, item) pairs."""
-    from omniret.media import synth
+def demo_corpus(workdir: Path) -> list[str]:
+    """The corpus's media files (generated on the first run; its corpus.json manifest is not media)."""
+    from omniret.data.synthetic import demo_corpus as generate
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    corpus: list[tuple[str, Item]] = []
-    for shape, color in [("circle", "red"), ("square", "blue"), ("triangle", "green"), ("circle", "yellow")]:
-        path = workdir / f"{color}_{shape}.png"
-        if not path.exists():
-            synth.draw_scene([{"shape": shape, "color": color, "x": 112, "y": 112, "size": 90}]).save(path)
-        corpus.append((f"image  {path.name}", Item(images=[str(path)], name=path.name)))
-    video = workdir / "blue_square_right.mp4"
-    if not video.exists():
-        synth.write_moving_video(video, shape="square", color="blue", direction="right")
-    corpus.append((f"video  {video.name}", Item(video=VideoRef(str(video)), name=video.name)))
-    pdf = workdir / "report.pdf"
-    pages = ["Chapter one: red circles and their uses.", "Chapter two: green triangles in the field.",
-             "Chapter three: yellow circles at dusk."]
-    if not pdf.exists():
-        synth.write_pdf(pdf, pages, title="Shapes report")
-    corpus += [(f"pdf    {pdf.name} p{i + 1}", Item(page=PageRef(str(pdf), i), name=f"{pdf.name} page {i}"))
-               for i in range(len(pages))]
-    return corpus
+    listing = workdir / "corpus.files"
+    if not listing.exists():
+        paths = generate(workdir / "corpus")
+        listing.write_text("".join(f"{p}\n" for p in paths))
+    return listing.read_text().split()
 
 
-def run_demo(cfg: OmniretConfig, workdir: Path, top_k: int = 3) -> int:
-    from omniret.models.backbone import load_backbone
-    from omniret.models.embedder import Embedder
-    from omniret.models.reranker import Reranker
+def quickstart_model(workdir: Path) -> list[str]:
+    """Overrides selecting the quickstart model, training it (and its benchmark) when missing."""
+    from omniret.data.synthetic import generate_benchmark
+    from omniret.training.recipe import load_stages, run_stages
+    from omniret.training.trainer import stage_model
+
+    if not QUICKSTART.is_file():
+        raise FileNotFoundError(f"{QUICKSTART} not found: run the demo from a checkout, or pass model.path")
+    bench = workdir / "benchmark"
+    stages = load_stages([QUICKSTART], [f"data.train=[{bench / 'train'}]", f"eval.root={bench / 'eval'}",
+                                        f"train.output_dir={workdir / 'runs'}"])
+    if not (bench / "eval").is_dir():
+        print(f"generating the training benchmark in {bench} ...", flush=True)
+        generate_benchmark(bench, stages[0].data.synthetic)
+    print("training the quickstart model (first run only; --fast skips it) ...", flush=True)
+    results = run_stages(stages)
+    return stage_model(results[-1].run_dir)
+
+
+def configure(cfg: OmniretConfig, workdir: Path, fast: bool) -> OmniretConfig:
+    overrides: list[str] = []
+    label = "custom"
+    if not cfg.model.path:
+        if fast:
+            label = "tiny"
+        else:
+            overrides += quickstart_model(workdir)
+            label = "quickstart"
+    # One index per model: a table holds one model's vectors.
+    if cfg.index.uri == OmniretConfig().index.uri:
+        overrides.append(f"index.uri={workdir / 'lancedb' / label}")
+    if cfg.index.read_consistency_s is None or cfg.index.read_consistency_s > 1:
+        overrides.append("index.read_consistency_s=1")
+    data = cfg.model_dump()
+    apply_overrides(data, overrides)
+    return OmniretConfig.model_validate(data)
+
+
+def run_demo(cfg: OmniretConfig, workdir: Path, fast: bool = False, ui_port: int = 7860,
+             exit_after_start: bool = False) -> int:
+    import ray
+    from ray import serve
+
+    from omniret.ingest.pipeline import run_ingest
+    from omniret.serving.app import run_local
+    from omniret.serving.client import OmniretClient
+    from omniret.serving.webui import build_demo
 
     started = time.perf_counter()
-    corpus = build_corpus(Path(workdir))
-    backbone = load_backbone(cfg.model)
-    print(f"model: {backbone.path} ({backbone.family.name}, {backbone.device}, {backbone.dtype})"
-          + ("  [tiny random weights: rankings are not meaningful]" if not cfg.model.path else ""))
-    embedder = Embedder(backbone, cfg.media, cfg.embed, cfg.model.template, cfg.model.max_length)
-    reranker = Reranker(backbone, cfg.media, cfg.rerank)
-    docs = embedder.encode([item for _, item in corpus])
-    queries = embedder.encode(QUERIES)
-    print(f"embedded {len(corpus)} documents and {len(QUERIES)} queries into {docs.shape[1]} dims")
-    for query, vector in zip(QUERIES, queries, strict=True):
-        scores = docs @ vector
-        best = np.argsort(-scores)[:top_k]
-        rerank = reranker.score(query, [corpus[i][1] for i in best])
-        print(f"\nquery: {query!r}")
-        for rank, (i, r) in enumerate(zip(best, rerank, strict=True), start=1):
-            print(f"  {rank}. cosine {scores[i]:+.4f}  rerank {r:.4f}  {corpus[i][0]}")
-    print(f"\ndone in {time.perf_counter() - started:.1f} s")
+    workdir = Path(workdir).resolve()
+    corpus = demo_corpus(workdir)
+    # More logical CPUs than cores: Serve replicas, ingest tasks and training share two real cores.
+    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False,
+             log_to_driver=False)
+    try:
+        cfg = configure(cfg, workdir, fast)
+        summary = run_ingest(cfg, corpus)
+        print(summary.format(), flush=True)
+        url = run_local(cfg, blocking=False)
+        client = OmniretClient(url, cfg.serve.api_key or os.environ.get("OMNIRET_API_KEY"))
+        answer = client.search(text="a red circle", top_k=3, rerank=True)
+        print("\nsearch 'a red circle' through the API:")
+        for hit in answer["results"]:
+            print(f"  {hit['score']:+.3f} rerank {hit['rerank_score']:.3f}  {Path(hit['source_uri']).name}"
+                  + (f" p.{hit['page'] + 1}" if hit["page"] is not None else ""))
+        demo = build_demo(client)
+        demo.launch(server_name="127.0.0.1", server_port=ui_port, prevent_thread_lock=True, quiet=True,
+                    footer_links=[])
+        print(f"\nAPI  {url}  (OpenAPI docs {url}/docs)\nUI   http://127.0.0.1:{ui_port}\n"
+              f"ready in {time.perf_counter() - started:.0f} s" + ("" if exit_after_start else "; Ctrl-C stops"),
+              flush=True)
+        try:
+            while not exit_after_start:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("\nstopping ...", flush=True)
+        demo.close()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
     return 0

@@ -1,0 +1,1 @@
+"""Serving: the HTTP API (FastAPI) over Ray Serve deployments of the embedder and reranker."""

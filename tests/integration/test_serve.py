@@ -1,0 +1,138 @@
+"""Real Ray Serve on 127.0.0.1: the official OpenAI client, rerank, search, malformed inputs."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from serving_fixtures import build_index, data_uri, png_bytes
+
+from omniret.items import Item
+from omniret.models.embedder import Embedder
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, tmp_path_factory, make_config, backbones):
+    from ray import serve
+
+    from omniret.serving.app import build_app
+
+    root = tmp_path_factory.mktemp("served")
+    port = _free_port()
+    cfg = make_config("qwen2_vl", f"index.uri={root / 'db'}", f"serve.port={port}", "embed.progress=false",
+                      # Leave room on the 2-CPU test cluster for an ingest run (decode task: 1 CPU).
+                      "serve.embedder.num_cpus=0.25", "serve.reranker.num_cpus=0.25", "serve.ingress.num_cpus=0.1",
+                      "ingest.embed_cpus=0.25", f"serve.upload_dir={root / 'uploads'}",
+                      "serve.max_video_frames=16", "media.max_image_pixels=250000", "index.read_consistency_s=0")
+    embedder = Embedder(backbones["qwen2_vl"], cfg.media, cfg.embed, cfg.model.template)
+    ids = build_index(cfg, embedder, root / "media")
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"settings": cfg.model_dump()}), name="omniret-test", route_prefix="/")
+    yield {"url": f"http://127.0.0.1:{port}", "embedder": embedder, "ids": ids, "root": root}
+    serve.delete("omniret-test")
+
+
+def _cos(a, b) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def test_openai_client_gets_the_in_process_vectors(service):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{service['url']}/v1", api_key="unused", max_retries=0)
+    model = client.models.list().data[0].id
+    red = Image.new("RGB", (64, 64), "red")
+    image_part = {"type": "image_url", "image_url": {"url": data_uri(png_bytes(red))}}
+    inputs = ["a red circle", {"content": [image_part]}, {"content": [image_part, {"type": "text", "text": "red"}]}]
+    response = client.embeddings.create(model=model, input=inputs)  # the client asks for base64 by default
+    got = np.array([d.embedding for d in response.data])
+    want = service["embedder"].encode(["a red circle", Item(images=[red]), Item(images=[red], text="red")])
+    assert (_cos(got, want) >= 0.9999).all()
+
+    short = client.embeddings.create(model=model, input="a red circle", dimensions=16, encoding_format="float")
+    vector = np.array(short.data[0].embedding)
+    assert vector.shape == (16,) and abs(np.linalg.norm(vector) - 1) < 1e-5
+    assert _cos(vector, want[0][:16]) >= 0.9999
+
+
+def test_rerank_matches_the_in_process_reranker(service, backbones):
+    from omniret.models.reranker import Reranker
+
+    docs = ["a blue square", "a red circle", "a green triangle"]
+    body = httpx.post(f"{service['url']}/v1/rerank", json={"query": "a red circle", "documents": docs, "top_n": 2},
+                      timeout=60).json()
+    scores = Reranker(backbones["qwen2_vl"]).score("a red circle", docs)
+    assert [r["index"] for r in body["results"]] == np.argsort(-scores)[:2].tolist()
+    np.testing.assert_allclose([r["relevance_score"] for r in body["results"]], np.sort(scores)[::-1][:2], atol=1e-5)
+
+
+def test_search_returns_the_known_item(service):
+    path = service["root"] / "media" / "green_triangle.png"
+    body = httpx.post(f"{service['url']}/search", json={"image": data_uri(path.read_bytes()), "top_k": 2},
+                      timeout=60).json()
+    assert body["results"][0]["id"] == service["ids"]["green_triangle.png"]
+
+
+@pytest.mark.parametrize(("payload", "status"), [
+    ({"input": [{"content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}}]}]}, 400),
+    ({"input": {"text": 3}}, 422),
+    ({"input": "x", "unknown_field": True}, 422),
+    ({"input": [{"content": [{"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]}, 403),
+    ({"input": [{"content": [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA",
+                                                                   "num_frames": 999}}]}]}, 415),
+])
+def test_malformed_inputs_get_4xx_json_and_the_service_keeps_serving(service, payload, status):
+    response = httpx.post(f"{service['url']}/v1/embeddings", json=payload, timeout=60)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["message"]
+    assert httpx.post(f"{service['url']}/v1/embeddings", json={"input": "ok"}, timeout=60).status_code == 200
+
+
+def test_oversized_image_is_refused_by_name(service):
+    big = png_bytes(Image.new("RGB", (600, 600), "blue"))
+    payload = {"input": [{"content": [{"type": "image_url", "image_url": {"url": data_uri(big)}}]}]}
+    response = httpx.post(f"{service['url']}/v1/embeddings", json=payload, timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["param"].startswith("input[0]")
+
+
+def test_uploaded_files_are_ingested_and_become_searchable(service, tmp_path):
+    import time
+
+    from omniret.media import synth
+
+    picture = tmp_path / "purple square.png"
+    synth.draw_scene([{"shape": "square", "color": "purple", "x": 40, "y": 40, "size": 50}], size=(80, 80)).save(picture)
+    files = [{"name": picture.name, "data": data_uri(picture.read_bytes())},
+             {"name": "broken.png", "data": data_uri(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)}]
+    accepted = httpx.post(f"{service['url']}/v1/ingest", json={"files": files}, timeout=60)
+    assert accepted.status_code == 202, accepted.text
+    job = accepted.json()
+    assert job["files"][0].endswith("purple_square.png")
+    for _ in range(240):
+        state = httpx.get(f"{service['url']}/v1/ingest/{job['job_id']}", timeout=60).json()
+        if state["status"] != "running":
+            break
+        time.sleep(1)
+    assert state["status"] == "done", state
+    summary = state["summary"]
+    assert summary["items_written"] == 1
+    assert [e["uri"].rsplit("/", 1)[-1] for e in summary["errors"]] == [job["files"][1]]
+    found = httpx.post(f"{service['url']}/search", json={"image": data_uri(picture.read_bytes()), "top_k": 1},
+                       timeout=60).json()
+    assert found["results"][0]["source_uri"].endswith("purple_square.png")
+    assert httpx.get(f"{service['url']}/v1/ingest/nope", timeout=60).status_code == 404
+    refused = httpx.post(f"{service['url']}/v1/ingest", json={"files": [{"name": "a.bin", "data": data_uri(b"xyz")}]},
+                         timeout=60)
+    assert refused.status_code == 415 and refused.json()["error"]["param"] == "files[0].data"
