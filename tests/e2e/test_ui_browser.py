@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from netutil import free_port
 from serving_fixtures import build_index
 
 from omniret.index.store import IndexStore
@@ -31,11 +31,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (./run test installs it)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _load_ui():
     """ui/app.py itself, loaded by path as `python ui/app.py` would run it."""
@@ -52,7 +47,7 @@ def api_url(tmp_path_factory, make_config, backbones):
     embedder = Embedder(backbones["qwen2_vl"], cfg.media, cfg.embed, cfg.model.template)
     build_index(cfg, embedder, root / "media")
     app = create_api(LocalBackend(embedder, Reranker(backbones["qwen2_vl"])), cfg, IndexStore(cfg.index))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -73,7 +68,7 @@ def browser_page(api_url: str):
     """The Gradio app (ui/app.py) on a free port, opened in headless Chromium."""
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
+    port = free_port()
     demo = _load_ui().build_demo(OmniretClient(api_url))
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:

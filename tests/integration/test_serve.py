@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import numpy as np
 import pytest
+from netutil import free_port
 from PIL import Image
 from serving_fixtures import build_index, data_uri, png_bytes
 
@@ -16,11 +15,6 @@ from omniret.models.embedder import Embedder
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def service(ray_session, tmp_path_factory, make_config, backbones):
@@ -29,7 +23,7 @@ def service(ray_session, tmp_path_factory, make_config, backbones):
     from omniret.serving.app import build_app
 
     root = tmp_path_factory.mktemp("served")
-    port = _free_port()
+    port = free_port()
     cfg = make_config("qwen2_vl", f"index.uri={root / 'db'}", f"serve.port={port}", "embed.progress=false",
                       # Leave room on the 2-CPU test cluster for an ingest run (decode task: 1 CPU).
                       "serve.embedder.num_cpus=0.25", "serve.reranker.num_cpus=0.25", "serve.ingress.num_cpus=0.1",

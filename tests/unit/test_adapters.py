@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -9,7 +11,6 @@ from safetensors.torch import load_file
 from omniret.config import LoraConfig
 from omniret.items import Item
 from omniret.models import adapters
-from omniret.models.backbone import Backbone
 from omniret.models.embedder import Embedder
 from omniret.models.families import FAMILIES
 
@@ -28,8 +29,7 @@ def _randomise_lora(peft_model, seed):
 
 
 def _embed(model, backbone, items):
-    view = Backbone(model, backbone.tokenizer, backbone.family, backbone.spec, backbone.path, backbone.device,
-                    backbone.dtype)
+    view = dataclasses.replace(backbone, model=model)
     return Embedder(view).encode(items)
 
 

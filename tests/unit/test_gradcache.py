@@ -4,20 +4,20 @@ chunk sizes that do and do not divide the batch, learnable temperatures, and 2 p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from netutil import free_port
 from PIL import Image
 
 from omniret.config import LoraConfig
 from omniret.items import Item
 from omniret.losses import build_loss
 from omniret.models import adapters
-from omniret.models.backbone import Backbone
 from omniret.models.embedder import Embedder, EmbeddingModel
 from omniret.models.families import FAMILIES
 from omniret.training.gradcache import GradCache, RngState
@@ -49,8 +49,7 @@ def _model(path, dropout: float, seed: int = 0):
 
 
 def _collate_fn(backbone, peft_model):
-    view = Backbone(peft_model, backbone.tokenizer, backbone.family, backbone.spec, backbone.path,
-                    backbone.device, backbone.dtype)
+    view = dataclasses.replace(backbone, model=peft_model)
     encoder = Embedder(view).encoder
     return lambda items: encoder.collate([encoder.encode(item) for item in items])
 
@@ -138,11 +137,6 @@ def test_dropout_is_replayed_exactly(tiny_dirs, backbones):
     assert drift > 1e-3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _worker(rank: int, world: int, port: int, path: str, out_dir: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -167,7 +161,7 @@ def _worker(rank: int, world: int, port: int, path: str, out_dir: str):
 
 def test_two_processes_with_cross_worker_negatives(tiny_dirs, backbones, tmp_path):
     path = str(tiny_dirs["qwen2_vl"])
-    mp.spawn(_worker, args=(2, _free_port(), path, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), path, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
     peft_model = _model(path, dropout=0.0)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any
 
 import numpy as np
 
+from omniret.cluster import ensure_ray
 from omniret.config import OmniretConfig
 from omniret.data.schema import Side
 from omniret.eval.dataset import EvalDataset
@@ -48,19 +48,6 @@ def resolved_config(cfg: OmniretConfig) -> OmniretConfig:
     out.model.path = str(checkpoint_path(cfg.model).resolve())
     out.embed.progress = False
     return out
-
-
-def ensure_ray(num_cpus: int | None) -> None:
-    """Reuse a running Ray; join a cluster when RAY_ADDRESS is set; otherwise start a local instance."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        ray.init(address="local", num_cpus=num_cpus or available, include_dashboard=False)
 
 
 def embed_with_ray(cfg: OmniretConfig, datasets: list[EvalDataset]) -> dict[str, EmbeddedSet]:

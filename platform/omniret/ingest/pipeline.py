@@ -17,7 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from omniret.config import IngestConfig, OmniretConfig
+from omniret.cluster import ensure_ray
+from omniret.config import OmniretConfig
 from omniret.errors import ConfigError
 from omniret.ingest.discover import Discovery, SourceFile, discover
 from omniret.ingest.embed import EmbedBatch, model_dim, model_tag
@@ -33,22 +34,6 @@ log = logging.getLogger(__name__)
 
 #: Upper bound on input blocks: enough for parallel decoding, few enough to schedule cheaply.
 MAX_INPUT_BLOCKS = 4096
-
-
-def ensure_ray(cfg: IngestConfig) -> None:
-    """Reuse a running Ray session; join the cluster in RAY_ADDRESS (``ray job submit`` sets it);
-    otherwise start a local instance."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    num_cpus = cfg.ray_num_cpus or len(usable)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
 
 
 def build_dataset(files: Sequence[SourceFile], cfg: OmniretConfig, model: str) -> Any:
@@ -94,7 +79,7 @@ def run_ingest(cfg: OmniretConfig, sources: Sequence[str] | None = None, *, prun
         summary.add_error(source, "discover", reason)
     if found.files:
         # Ray first: LanceDB, once loaded, warns about every process Ray forks while starting.
-        ensure_ray(cfg.ingest)
+        ensure_ray(cfg.ingest.ray_num_cpus)
     from omniret.index.store import IndexStore
 
     store = IndexStore(cfg.index, fresh=True)

@@ -87,7 +87,8 @@ def embed_sides(cfg: OmniretConfig, sides: list[Side], names: list[str], embedde
 def _embed_ray(cfg: OmniretConfig, sides: list[Side], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     import ray.data
 
-    from omniret.eval.ray_eval import EmbedBatch, ensure_ray, resolved_config
+    from omniret.cluster import ensure_ray
+    from omniret.eval.ray_eval import EmbedBatch, resolved_config
 
     ensure_ray(None)
     rows = [{"key": i, "name": n, "side": json.dumps(s.to_dict())} for i, (s, n) in enumerate(zip(sides, names,

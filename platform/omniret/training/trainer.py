@@ -116,7 +116,7 @@ def _fit_ray(cfg: OmniretConfig, run_dir: Path) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from omniret.eval.ray_eval import ensure_ray
+    from omniret.cluster import ensure_ray
     from omniret.training.loop import train_loop_per_worker
 
     t = cfg.train
