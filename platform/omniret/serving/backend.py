@@ -41,8 +41,9 @@ class Outcome:
 
 
 class Backend(Protocol):
-    model_id: str
+    model_id: str  # the embedder's
     dim: int
+    rerank_model_id: str | None  # the reranker's (its own checkpoint); None: no reranker
 
     async def embed(self, items: list[Item], dimensions: int | None) -> Outcome: ...
 
@@ -95,6 +96,7 @@ class LocalBackend:
         self.embedder = embedder
         self.reranker = reranker
         self.model_id = embedder.model_id
+        self.rerank_model_id = reranker.model_id if reranker is not None else None
         self.dim = embedder.embed_cfg.dimensions or embedder.dim
         self._lock = asyncio.Lock()  # one model call at a time, like one replica
 
@@ -112,9 +114,9 @@ class LocalBackend:
 class HandleBackend:
     """Ray Serve deployment handles of the Embedder and Reranker deployments."""
 
-    def __init__(self, embedder: Any, reranker: Any, model_id: str, dim: int):
+    def __init__(self, embedder: Any, reranker: Any, model_id: str, dim: int, rerank_model_id: str | None = None):
         self.embedder, self.reranker = embedder, reranker
-        self.model_id, self.dim = model_id, dim
+        self.model_id, self.dim, self.rerank_model_id = model_id, dim, rerank_model_id
 
     async def embed(self, items: list[Item], dimensions: int | None) -> Outcome:
         return await self.embedder.embed.remote(items, dimensions)

@@ -58,6 +58,9 @@ class RerankerDeployment:
         self._batch.set_max_batch_size(opts.max_batch_size)
         self._batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
 
+    def info(self) -> dict:
+        return {"model_id": self.reranker.model_id}
+
     async def rerank(self, query: Item, documents: list[Item], instruction: str | None) -> Outcome:
         return await self._batch((query, documents, instruction))
 
@@ -75,8 +78,8 @@ class SearchIngress:
         from omniret.index.store import IndexStore
 
         self.cfg = OmniretConfig.model_validate(cfg)
-        info = await embedder.info.remote()
-        self.backend = HandleBackend(embedder, reranker, info["model_id"], info["dim"])
+        info, rerank_info = await embedder.info.remote(), await reranker.info.remote()
+        self.backend = HandleBackend(embedder, reranker, info["model_id"], info["dim"], rerank_info["model_id"])
         # Never written from here; new ingests become visible after index.read_consistency_s.
         self.store = IndexStore(self.cfg.index)
         self.requests = metrics.Counter("omniret_http_requests", description="HTTP requests by path and status.",
