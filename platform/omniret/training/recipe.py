@@ -1,7 +1,9 @@
 """Staged training: a recipe is a list of stages, each a full configuration, run in order.
 
 Stage k starts from stage k-1's output (``train.init_from`` defaults to the previous run folder,
-whose ``final/`` is a merged HF checkpoint), so RzenEmbed's two stages are two entries: stage 1 on
+whose ``final/`` is a merged HF checkpoint; a reranker stage, ``train.objective: rerank``, trains
+``rerank.model`` and is skipped in this chain: the stage after it starts from the embedder before
+it, which is also the reranker stage's ``model``, the embedder that retrieves for its evaluation), so RzenEmbed's two stages are two entries: stage 1 on
 pairs without instructions (``train.instructions: false``), stage 2 with instructions and hard
 negatives (``train.negatives: K``). A stage with ``mine.before_training: true`` first mines hard
 negatives for its pairs with the previous stage's model and trains on the mined files. Every stage
@@ -74,22 +76,25 @@ def rebase(cfg: OmniretConfig, root: Path) -> OmniretConfig:
     out.data.root, out.eval.root = under(out.data.root), under(out.eval.root)
     out.train.output_dir = under(out.train.output_dir)
     out.train.init_from, out.eval.out, out.mine.out = under(out.train.init_from), under(out.eval.out), under(out.mine.out)
-    out.model.path, out.model.adapter, out.model.tiny_dir = under(out.model.path), under(out.model.adapter), \
-        under(out.model.tiny_dir)
+    for model in (out.model, out.rerank.model):
+        model.path, model.adapter, model.tiny_dir = under(model.path), under(model.adapter), under(model.tiny_dir)
     return out
 
 
 def run_stages(stages: list[OmniretConfig], *, local: bool = False) -> list[TrainResult]:
     """Train the stages in order, chaining each to the previous one's output (and mining when asked)."""
     results: list[TrainResult] = []
+    embedder_run: Path | None = None  # the latest stage that trained the embedder
     for i, cfg in enumerate(stages):
         cfg = cfg.model_copy(deep=True)
-        if results and not cfg.train.init_from:
-            cfg.train.init_from = str(results[-1].run_dir)
+        if embedder_run is not None and not cfg.train.init_from:
+            cfg.train.init_from = str(embedder_run)
         log.info("stage %d/%d: %s", i + 1, len(stages), cfg.train.name)
         if cfg.mine.before_training:
             cfg = mine_for_stage(cfg)
         results.append(fit(cfg, local=local))
+        if cfg.train.objective != "rerank":
+            embedder_run = results[-1].run_dir
         log.info("stage %s done: %s", cfg.train.name, _scores(results[-1].metrics))
     return results
 
