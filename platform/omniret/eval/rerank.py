@@ -87,8 +87,9 @@ def rerank_report(datasets: list[EvalDataset], scorers: dict[str, Scorer], faile
         rows.append(row)
     summary = {m: {when: aggregate({r["name"]: r[when][m] for r in rows}, infos) for when in ("before", "after")}
                for m in METRICS}
+    backbone = getattr(reranker, "backbone", None)
     return {"top_k": k, "model": {"id": getattr(reranker, "model_id", None),
-                                  "path": str(reranker.backbone.path)},
+                                  "path": str(backbone.path) if backbone is not None else None},
             "datasets": rows, "summary": summary}
 
 
