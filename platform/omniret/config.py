@@ -89,6 +89,9 @@ class RerankConfig(Section):
     loss: Literal["pointwise", "listwise"] = Field(
         "pointwise", description="Reranker training: pointwise yes/no cross-entropy (Qwen3-VL-Reranker) or a "
         "softmax over one positive and its negatives.")
+    init_from_embedder: bool = Field(
+        False, description="A reranker stage starts from its embedder (`model`, i.e. train.init_from's output) "
+        "instead of rerank.model.")
     in_batch_negatives: int = Field(
         0, ge=0, description="Reranker training: also pair each query with this many other rows' positives "
         "of the same batch, labelled no (besides train.negatives explicit hard negatives).")

@@ -17,14 +17,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def service(ray_session, tmp_path_factory, make_config, backbones):
+def service(ray_session, tmp_path_factory, make_config, backbones, tiny_dirs):
     from ray import serve
 
     from omniret.serving.app import build_app
 
     root = tmp_path_factory.mktemp("served")
     port = free_port()
-    cfg = make_config("qwen2_vl", f"index.uri={root / 'db'}", f"serve.port={port}", "embed.progress=false",
+    # The reranker is a checkpoint of its own (another tiny model), not the embedder's.
+    cfg = make_config("qwen2_vl", f"rerank.model.path={tiny_dirs['qwen3_vl']}",
+                      f"index.uri={root / 'db'}", f"serve.port={port}", "embed.progress=false",
                       # Leave room on the 2-CPU test cluster for an ingest run (decode task: 1 CPU).
                       "serve.embedder.num_cpus=0.25", "serve.reranker.num_cpus=0.25", "serve.ingress.num_cpus=0.1",
                       "ingest.embed_cpus=0.25", f"serve.upload_dir={root / 'uploads'}",
@@ -61,15 +63,21 @@ def test_openai_client_gets_the_in_process_vectors(service):
     assert _cos(vector, want[0][:16]) >= 0.9999
 
 
-def test_rerank_matches_the_in_process_reranker(service, backbones):
+def test_rerank_matches_the_in_process_reranker_of_the_reranker_checkpoint(service, backbones):
     from omniret.models.reranker import Reranker
 
     docs = ["a blue square", "a red circle", "a green triangle"]
     body = httpx.post(f"{service['url']}/v1/rerank", json={"query": "a red circle", "documents": docs, "top_n": 2},
                       timeout=60).json()
-    scores = Reranker(backbones["qwen2_vl"]).score("a red circle", docs)
+    scores = Reranker(backbones["qwen3_vl"]).score("a red circle", docs)  # rerank.model
+    assert body["model"] == "qwen3_vl"
     assert [r["index"] for r in body["results"]] == np.argsort(-scores)[:2].tolist()
-    np.testing.assert_allclose([r["relevance_score"] for r in body["results"]], np.sort(scores)[::-1][:2], atol=1e-5)
+    got = [r["relevance_score"] for r in body["results"]]
+    np.testing.assert_allclose(got, np.sort(scores)[::-1][:2], atol=1e-5)
+    embedder_checkpoint = np.sort(Reranker(backbones["qwen2_vl"]).score("a red circle", docs))[::-1][:2]
+    assert np.abs(np.asarray(got) - embedder_checkpoint).max() > 1e-3
+    models = httpx.get(f"{service['url']}/v1/models", timeout=10).json()["data"]
+    assert [(m["id"], m["task"]) for m in models] == [("qwen2_vl", "embedding"), ("qwen3_vl", "rerank")]
 
 
 def test_search_returns_the_known_item(service):

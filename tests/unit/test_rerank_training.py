@@ -89,3 +89,15 @@ def test_groups_hold_the_positive_then_hard_then_in_batch_negatives(tiny_dirs, b
     want = [reranker.encode_pair(q.to_item(), d.to_item(), q.instruction).input_ids
             for d in (pairs[0].positives[0], pairs[0].negatives[0], pairs[1].positives[0])]
     assert [e.input_ids for e in out.pairs[:3]] == want
+
+
+def test_a_rerank_stage_starts_from_its_embedder_when_asked_and_must_rerank_to_evaluate(tiny_dirs, bench, tmp_path):
+    from omniret.errors import ConfigError
+    from omniret.training.trainer import resolve
+
+    cfg = _cfg(tiny_dirs, bench, tmp_path, f"train.init_from={tiny_dirs['qwen3_vl']}", "rerank.model.path=null",
+               "rerank.init_from_embedder=true", "eval.rerank_top_k=3")
+    out = resolve(cfg)
+    assert out.model.path == out.rerank.model.path == str(tiny_dirs["qwen3_vl"].resolve())
+    with pytest.raises(ConfigError, match=r"eval\.rerank_top_k"):
+        resolve(_cfg(tiny_dirs, bench, tmp_path, "train.eval_at_end=true"))

@@ -85,15 +85,21 @@ def run_stages(stages: list[OmniretConfig], *, local: bool = False) -> list[Trai
     """Train the stages in order, chaining each to the previous one's output (and mining when asked)."""
     results: list[TrainResult] = []
     embedder_run: Path | None = None  # the latest stage that trained the embedder
+    reranker_run: Path | None = None  # the latest stage that trained the reranker
     for i, cfg in enumerate(stages):
         cfg = cfg.model_copy(deep=True)
         if embedder_run is not None and not cfg.train.init_from:
             cfg.train.init_from = str(embedder_run)
+        if reranker_run is not None and cfg.train.objective != "rerank" and not cfg.rerank.model.path:
+            # later embedder stages are evaluated with the trained reranker (eval.rerank_top_k)
+            cfg.rerank.model.path = str(reranker_run / "final")
         log.info("stage %d/%d: %s", i + 1, len(stages), cfg.train.name)
         if cfg.mine.before_training:
             cfg = mine_for_stage(cfg)
         results.append(fit(cfg, local=local))
-        if cfg.train.objective != "rerank":
+        if cfg.train.objective == "rerank":
+            reranker_run = results[-1].run_dir
+        else:
             embedder_run = results[-1].run_dir
         log.info("stage %s done: %s", cfg.train.name, _scores(results[-1].metrics))
     return results
@@ -129,3 +135,35 @@ def summary_lines(results: list[TrainResult]) -> list[str]:
     """One line per stage: where it is and how it scored."""
     return [f"{r.run_dir.name}: {'already finished, ' if r.skipped else ''}output {r.final}; {_scores(r.metrics)}"
             for r in results]
+
+
+def stage_tables(stages: list[OmniretConfig], results: list[TrainResult]) -> str:
+    """One markdown table per stage from its final evaluation (``eval/final/report.json``): the embedder
+    alone (each dataset's main metric, MMEB means) and, where the stage reranked, hit@1 and nDCG@5
+    of the embedder alone and of the embedder + reranker."""
+    import json
+
+    groups = ("Image", "Video", "VisDoc", "Overall")
+    out = []
+    for cfg, result in zip(stages, results, strict=True):
+        path = result.run_dir / "eval" / "final" / "report.json"
+        if not path.is_file():
+            out.append(f"{cfg.train.name}: no final evaluation ({path} is missing)\n")
+            continue
+        report = json.loads(path.read_text())
+        rows = [("embedder alone, main metric", report["summary"])]
+        section = report.get("rerank")
+        if section:
+            s = section["summary"]
+            rows += [("embedder alone, hit@1", s["hit@1"]["before"]),
+                     (f"embedder + reranker (top {section['top_k']}), hit@1", s["hit@1"]["after"]),
+                     ("embedder alone, nDCG@5", s["ndcg@5"]["before"]),
+                     (f"embedder + reranker (top {section['top_k']}), nDCG@5", s["ndcg@5"]["after"])]
+        kind = "reranker" if cfg.train.objective == "rerank" else "embedder"
+        lines = [f"{cfg.train.name} ({kind}, {report.get('step', '?')} steps, seed {cfg.train.seed})", "",
+                 "| model | " + " | ".join(groups) + " |", "|---|" + "---:|" * len(groups)]
+        for label, summary in rows:
+            lines.append(f"| {label} | " + " | ".join(f"{summary[g]:.1f}" if g in summary else "n/a"
+                                                       for g in groups) + " |")
+        out.append("\n".join(lines) + "\n")
+    return "\n".join(out)

@@ -69,6 +69,8 @@ def resolve(cfg: OmniretConfig) -> OmniretConfig:
         data = out.model_dump()
         apply_overrides(data, stage_model(out.train.init_from))
         out = OmniretConfig.model_validate(data)
+    if out.train.objective == "rerank" and out.rerank.init_from_embedder:
+        out.rerank.model = out.model.model_copy()
     trained = trained_model(out)
     if out.train.objective == "rerank":
         if not out.eval.rerank_top_k and (out.train.eval_at_end or out.train.eval_every):
