@@ -93,7 +93,7 @@ class RerankStep:
         if cfg.train.curriculum != "none":
             raise ConfigError("train.curriculum applies to contrastive training; a rerank stage uses none")
         self.cfg, self.cache, self.autocast = cfg, worker.cache, worker.autocast
-        self.reranker = Reranker(worker.backbone, cfg.media, cfg.rerank)
+        self.reranker = Reranker(worker.backbone, cfg.media, cfg.rerank, model_id=cfg.train.name)
         self.net = worker.ctx.prepare_model(self.reranker.network)
         self.loss = RerankLoss(cfg.rerank.loss).to(worker.device)
         self._embedder = None
