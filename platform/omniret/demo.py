@@ -101,7 +101,7 @@ def run_demo(cfg: OmniretConfig, workdir: Path, fast: bool = False, ui_port: int
         print(summary.format(), flush=True)
         url = run_local(cfg, blocking=False)
         client = OmniretClient(url, cfg.serve.api_key or os.environ.get("OMNIRET_API_KEY"))
-        # Vector search only: no recipe trains the yes/no reranker yet, so its scores are not meaningful here.
+        # Vector search only: the quickstart's reranker does not beat the tiny embedder (docs/RECIPES.md).
         answer = client.search(text="a red circle", top_k=3)
         print("\nsearch 'a red circle' through the API:")
         for hit in answer["results"]:
