@@ -14,6 +14,10 @@ the latest one with the same step count and sampler position. Rank 0 logs every 
 fingerprint), evaluates every ``train.eval_every`` steps and at the end, and writes the stage's
 output (``final/``) and the curves (``curves.png``).
 
+The objective's own part of a step (encoding, forward, loss, backward, its metrics and the models
+its evaluation uses) is a :class:`~omniret.training.steps.TrainStep`: :class:`ContrastiveStep` here,
+the reranker's in :mod:`omniret.training.rerank` (``train.objective``).
+
 Inputs are decoded by the worker itself rather than fed through Ray Data: batches are homogeneous,
 drawn by a sampler whose probabilities can depend on the model (the GVE probe at each epoch start)
 and which must resume mid-epoch exactly; a streaming dataset can neither follow the probe nor seek.
