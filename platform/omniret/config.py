@@ -295,7 +295,10 @@ class TrainConfig(Section):
         "none", description="pyramid: GVE modality pyramid, tasks sampled by softmax(alignment / sigma).")
     sigma_min: float = Field(0.1, gt=0)
     sigma_max: float = Field(1.0, gt=0)
-    probe_pairs: int = Field(16, ge=1, description="Pairs per task probed at each epoch start (pyramid).")
+    probe_pairs: int = Field(16, ge=1, description="Pairs per task probed at each pyramid decision.")
+    probe_every: int | None = Field(
+        None, ge=1, description="Steps between pyramid decisions (re-probe; sigma follows the step). None: every "
+        "epoch start and at least 3 decisions per run.")
     negatives: int = Field(0, ge=0, description="Explicit hard negatives per query taken from the pairs.")
     cache_mb: float = Field(0, ge=0, description="Keep encoded items (pixels, tokens) for later epochs, up to "
                             "this many MB per worker (0: decode every time).")

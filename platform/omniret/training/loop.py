@@ -55,8 +55,10 @@ from omniret.training.sampling import (
     BatchSampler,
     alignment_scores,
     probe_sets,
+    pyramid_due,
+    pyramid_interval,
     pyramid_probabilities,
-    sigma_at,
+    sigma_at_step,
 )
 
 log = logging.getLogger(__name__)
@@ -257,21 +259,36 @@ class TrainWorker:
 
     # ---- steps -------------------------------------------------------------------------------
     def begin_epoch(self) -> None:
+        """Start an epoch, or take a pyramid decision (re-probe; sigma from the step) inside one."""
         t, epoch = self.cfg.train, self.sampler.state.epoch
+        starting = self.sampler.needs_epoch_start
         if t.curriculum != "pyramid":
             self.sampler.begin_epoch()
             return
         decision = None
         if self.rank == 0:  # one prober decides; every rank then uses exactly the same probabilities
             scores = alignment_scores(probe_sets(self.sampler, t.probe_pairs, epoch), self._similarity)
-            sigma = sigma_at(epoch, self.total_epochs, t.sigma_min, t.sigma_max)
+            sigma = sigma_at_step(self.step, self.total_steps, self._pyramid_interval, t.sigma_min, t.sigma_max)
             decision = (pyramid_probabilities(self.sampler.base_probabilities, scores, sigma), scores, sigma)
-            record_event(self.run_dir, "curriculum", epoch=epoch, sigma=sigma, alignment=scores,
+            record_event(self.run_dir, "curriculum", epoch=epoch, step=self.step, sigma=sigma, alignment=scores,
                          probabilities=decision[0])
-            log.info("epoch %d: sigma %.2f, probabilities %s", epoch, sigma,
+            log.info("step %d (epoch %d): sigma %.2f, probabilities %s", self.step, epoch, sigma,
                      {k: round(v, 3) for k, v in decision[0].items()})
         probs, scores, sigma = _broadcast(decision)
-        self.sampler.begin_epoch(probs, alignment=scores, sigma=sigma)
+        if starting:
+            self.sampler.begin_epoch(probs, alignment=scores, sigma=sigma)
+        else:
+            self.sampler.update_probabilities(probs, alignment=scores, sigma=sigma)
+        self.sampler.state.decided_step = self.step
+
+    @property
+    def _pyramid_interval(self) -> int:
+        t = self.cfg.train
+        return pyramid_interval(self.total_steps, self.sampler.steps_per_epoch, t.probe_every)
+
+    def _curriculum_due(self) -> bool:
+        return (self.cfg.train.curriculum == "pyramid"
+                and pyramid_due(self.step, self._pyramid_interval, self.sampler.state.decided_step))
 
     def _similarity(self, pairs: list[Pair]) -> list[float]:
         """Cosine of each pair's query and first positive under the current model."""
@@ -294,7 +311,7 @@ class TrainWorker:
         """Draw, encode and train on one batch; returns the step's metrics (None when it was skipped)."""
         t = self.cfg.train
         started = time.perf_counter()
-        if self.sampler.needs_epoch_start:
+        if self.sampler.needs_epoch_start or self._curriculum_due():
             self.begin_epoch()
         batch = self.sampler.next()
         pairs = self.sampler.pairs_of(batch)
