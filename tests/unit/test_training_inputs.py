@@ -8,7 +8,7 @@ from PIL import Image
 
 from omniret.data.schema import Pair, Side
 from omniret.models.embedder import Embedder
-from omniret.training.inputs import EncodeCache, encode_pairs, modality_flags, training_side
+from omniret.training.inputs import EncodeCache, encode_pairs, modality_flags, plan_negatives, training_side
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,35 @@ def test_instructions_are_dropped_only_in_instruction_free_training(encoder):
 
 def test_every_query_gets_the_same_number_of_negatives(encoder):
     inputs = encode_pairs([_pair(0, 3), _pair(1, 1), _pair(2, 2)], encoder, negatives=2)
-    assert inputs.rows == 3 and inputs.negatives_per_query == 1 and len(inputs.negatives) == 3
+    assert inputs.rows == 3 and inputs.negatives_per_query == 2 and len(inputs.negatives) == 6
+    assert inputs.filled == 1  # pair 1's second slot
     assert encode_pairs([_pair(0, 3), _pair(1, 3)], encoder, negatives=2).negatives_per_query == 2
     assert encode_pairs([_pair(0, 3)], encoder, negatives=0).negatives == []
+    assert encode_pairs([_pair(0, 0), _pair(1, 0)], encoder, negatives=2).negatives == []
+
+
+def test_a_pair_without_negatives_does_not_collapse_k(encoder, caplog):
+    """One pair lacking hard negatives keeps K for the shard: its slots are filled from the others'."""
+    pairs = [_pair(0, 2), _pair(1, 0), _pair(2, 2)]
+    plans, filled = plan_negatives(pairs, 2)
+    assert filled == 2
+    assert [[s.text for s in p] for p in plans] == [["negative 0.0", "negative 0.1"],
+                                                     ["negative 0.0", "negative 0.1"],
+                                                     ["negative 2.0", "negative 2.1"]]
+    with caplog.at_level("INFO", logger="omniret.training.inputs"):
+        inputs = encode_pairs(pairs, encoder, negatives=2)
+    assert inputs.negatives_per_query == 2 and inputs.filled == 2 and "2 negative slot(s) filled" in caplog.text
+    filled_ids = [n.input_ids for n in inputs.negatives[2:4]]
+    assert filled_ids == [n.input_ids for n in inputs.negatives[0:2]]  # borrowed from pair 0
+    # a borrowed item equal to the pair's own positive is skipped (a label shared by two queries)
+    shared = Pair(Side(text="q"), [Side(text="negative 0.0")], [], dataset="d", task="image_retrieval", id="s")
+    plans, _ = plan_negatives([_pair(0, 2), shared], 2)
+    assert [s.text for s in plans[1]] == ["negative 0.1", "doc 0"]  # then another pair's positive
+    # nothing left to borrow: K shrinks to what every pair reaches
+    lone = Pair(Side(text="q"), [Side(text="doc 0")], [], dataset="d", task="image_retrieval", id="l")
+    plans, filled = plan_negatives([Pair(Side(text="p"), [Side(text="doc 0")], [Side(text="doc 0"),
+                                                                                 Side(text="x")]), lone], 2)
+    assert [[s.text for s in p] for p in plans] == [["doc 0"], ["x"]] and filled == 1
 
 
 def test_unreadable_media_drops_the_pair_by_name(encoder, tmp_path):

@@ -4,9 +4,11 @@ Every rank knows the whole global batch (the sampler is deterministic and identi
 and takes a contiguous slice of it (:func:`shard`). Pairs are decoded and tokenised here, on the
 worker's CPU; a pair whose media cannot be read is dropped from the step with its id and the reason
 (the run goes on). Stage-1 training drops the task instructions (``instructions=False``), so the
-template's default prompt is used. A query gets ``min(negatives, fewest negatives in the shard)``
-explicit negatives, so the (B, K, D) negative tensor is rectangular. :class:`EncodeCache` keeps
-encoded items (decoded pixels, token ids) for the next epochs, up to a memory budget.
+template's default prompt is used. A query gets ``K = min(negatives, most negatives of a pair in the
+shard)`` explicit negatives, so the (B, K, D) negative tensor is rectangular; a pair with fewer than K
+fills its missing slots (:func:`plan_negatives`) instead of shrinking K for the whole shard, and the
+fills are counted and logged. :class:`EncodeCache` keeps encoded items (decoded pixels, token ids)
+for the next epochs, up to a memory budget.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class StepInputs:
     query_modality: list[list[bool]] = field(default_factory=list)  # [text, image, audio, video] per query
     target_modality: list[list[bool]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # "pair id: reason" of pairs left out
+    filled: int = 0  # negative slots filled from other pairs of the shard (pairs short of K negatives)
 
     @property
     def rows(self) -> int:
@@ -87,17 +90,53 @@ def _encode(encoder: InputEncoder, side: Side, label: str) -> Encoded:
     return encoder.encode(side.to_item(name=label))
 
 
+def plan_negatives(pairs: Sequence[Pair], negatives: int, instructions: bool = True) -> tuple[list[list[Side]], int]:
+    """K explicit negatives for every pair (as trained) and the number of slots filled from other pairs.
+
+    ``K = min(negatives, most negatives of any pair)``. A pair short of K keeps its own negatives and
+    fills the rest, in order, from the other pairs' explicit negatives, then their positives (these are
+    already in-batch negatives: the fill then counts one of them twice, the least bad choice when the
+    shard has nothing else), skipping anything whose content equals one of the pair's own positives or
+    is already among its negatives. Batches are homogeneous (one dataset), so a borrowed negative is on
+    the pair's task. Only when nothing can fill a slot does K shrink, to what every pair can reach.
+    """
+    k = min(negatives, max((len(p.negatives) for p in pairs), default=0))
+    if k == 0:
+        return [[] for _ in pairs], 0
+    own = [[training_side(s, instructions) for s in p.negatives[:k]] for p in pairs]
+    pool = [s for side_list in own for s in side_list] + [training_side(p.positives[0], instructions) for p in pairs]
+    plans, filled = [], 0
+    for pair, mine in zip(pairs, own, strict=True):  # own negatives first, then borrowed ones
+        taken = {training_side(s, instructions).key() for s in pair.positives} | {s.key() for s in mine}
+        plan = list(mine)
+        for side in pool:
+            if len(plan) == k:
+                break
+            if side.key() not in taken:
+                plan.append(side)
+                taken.add(side.key())
+        filled += len(plan) - len(mine)
+        plans.append(plan)
+    reachable = min(len(p) for p in plans)
+    if reachable < k:  # nothing left to borrow: every pair keeps the same number of slots
+        plans = [p[:reachable] for p in plans]
+        filled = sum(max(0, reachable - len(m)) for m in own)
+    return plans, filled
+
+
 def encode_pairs(pairs: Sequence[Pair], encoder: InputEncoder, negatives: int = 0,
                  instructions: bool = True, cache: EncodeCache | None = None) -> StepInputs:
-    """Encode queries, first positives and up to ``negatives`` explicit negatives of ``pairs``."""
-    k = min([negatives, *(len(p.negatives) for p in pairs)]) if pairs else 0
-    out = StepInputs()
-    for pair in pairs:
+    """Encode queries, first positives and K explicit negatives of ``pairs`` (:func:`plan_negatives`)."""
+    planned, filled = plan_negatives(pairs, negatives, instructions)
+    out = StepInputs(filled=filled)
+    if filled:  # also the step's filled_negatives column
+        log.info("%d negative slot(s) filled from other pairs: %d pair(s) have fewer than %d negatives",
+                 filled, sum(len(p.negatives) < len(planned[0]) for p in pairs), len(planned[0]))
+    for pair, negs in zip(pairs, planned, strict=True):
         name = pair.id or pair.dataset
         try:
             query = training_side(pair.query, instructions)
             positive = training_side(pair.positives[0], instructions)
-            negs = [training_side(s, instructions) for s in pair.negatives[:k]]
             roles = [(query, "query"), (positive, "positive"), *((s, f"negative {i}") for i, s in enumerate(negs))]
             makers = [functools.partial(_encode, encoder, s, f"{name} {role}") for s, role in roles]
             encoded = [cache.get(s.key(), make) if cache else make() for (s, _), make in zip(roles, makers, strict=True)]

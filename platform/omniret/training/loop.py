@@ -341,7 +341,8 @@ class TrainWorker:
                "pairs": sum(counts), "loss": _mean_over_ranks(out.loss), "lr": lr, "grad_norm": grad_norm,
                **{key: _metric(out.metrics, key) for key in ("temperature", "num_negatives", "fn_masked_per_row",
                                                               "pos_sim", "neg_sim")},
-               "hard_negatives": inputs.negatives_per_query, "dropped": len(inputs.dropped),
+               "hard_negatives": inputs.negatives_per_query, "filled_negatives": inputs.filled,
+               "dropped": len(inputs.dropped),
                "step_s": elapsed, "pairs_per_s": sum(counts) / elapsed,
                "peak_mem_mb": peak_memory_mb(self.device), **self.temperatures()}
         return row
