@@ -161,7 +161,8 @@ def ref_rzen(q, t, neg, taus, alpha, delta, detach_weight=True):
     return total / b
 
 
-def ref_qwen3(q, t, neg, tau, margin, use_qq, use_dd):
+def ref_qwen3(q, t, neg, tau, margin, use_qq, use_dd, dup_mask=None):
+    """``dup_mask`` (B, B): duplicates by content; None: by cosine > 1 - 1e-6 (also for explicit negatives)."""
     q, t, neg = unit(q), unit(t), unit(neg)
     b = q.shape[0]
     total = 0.0
@@ -175,11 +176,11 @@ def ref_qwen3(q, t, neg, tau, margin, use_qq, use_dd):
             return torch.exp(s / tau)
 
         for k in range(neg.shape[1]):
-            z = z + term(q[i] @ neg[i, k], float((neg[i, k] @ t[i]).detach()) > 1 - 1e-6)
+            z = z + term(q[i] @ neg[i, k], dup_mask is None and float((neg[i, k] @ t[i]).detach()) > 1 - 1e-6)
         for j in range(b):
             if j == i:
                 continue
-            dup = float((t[j] @ t[i]).detach()) > 1 - 1e-6
+            dup = float((t[j] @ t[i]).detach()) > 1 - 1e-6 if dup_mask is None else bool(dup_mask[i, j])
             if use_qq:
                 z = z + term(q[i] @ q[j], dup)
             if use_dd:
@@ -382,6 +383,32 @@ def test_qwen3vl_matches_reference_stage1_and_stage2():
             lambda q, t, n, tp, a=use_qq, b=use_dd, m=margin: ref_qwen3(q, t, n, tp["temperature.theta"].exp(),
                                                                         m, a, b),
             q, t, neg, ["temperature.theta"])
+
+
+def test_qwen3vl_duplicates_by_content_keys_survive_bf16_noise():
+    """The same document embedded twice under bf16 / other padding: its cosine falls below 1 - 1e-6, so the
+    embedding test misses it; the content-key mask (as the training loop builds it) still masks it."""
+    q, t, neg = make_inputs(b=6, k=2, seed=11)
+    gen = torch.Generator().manual_seed(0)
+    t[4] = t[1].to(torch.bfloat16).double() + 1e-2 * t[1].norm() / math.sqrt(8) * torch.randn(8, generator=gen,
+                                                                                               dtype=F64)
+    cos = float(unit(t[4]) @ unit(t[1]))
+    assert 0.999 < cos < 1 - 1e-6  # a duplicate the cosine rule cannot see
+    keys = ["a", "b", "c", "d", "b", "e"]
+    mask = torch.tensor([[x == y for y in keys] for x in keys])
+    for use_qq, use_dd in [(True, True), (False, False)]:
+        loss = Qwen3VLEmbeddingLoss(0.05, margin=0.1, use_qq=use_qq, use_dd=use_dd)
+        check_against_reference(
+            loss, lambda q, t, n, tp, a=use_qq, b=use_dd: ref_qwen3(q, t, n, 0.05, 0.1, a, b, dup_mask=mask),
+            q, t, neg, positive_mask=mask)
+        by_cosine = loss(q, t, neg).loss
+        assert_close(by_cosine, ref_qwen3(q, t, neg, 0.05, 0.1, use_qq, use_dd))
+        assert abs(float(by_cosine) - float(loss(q, t, neg, positive_mask=mask).loss)) > 1e-3
+    # local rows of the global mask are accepted too; a wrong shape is refused
+    rows = Qwen3VLEmbeddingLoss(0.05)(q, t, neg, positive_mask=mask[:6]).loss
+    assert_close(rows, Qwen3VLEmbeddingLoss(0.05)(q, t, neg, positive_mask=mask).loss)
+    with pytest.raises(ValueError, match="positive_mask"):
+        Qwen3VLEmbeddingLoss(0.05)(q, t, neg, positive_mask=mask[:, :5])
 
 
 def test_qwen3vl_stage2_without_masking_is_infonce():

@@ -60,11 +60,14 @@ def test_a_pair_without_negatives_does_not_collapse_k(encoder, caplog):
     shared = Pair(Side(text="q"), [Side(text="negative 0.0")], [], dataset="d", task="image_retrieval", id="s")
     plans, _ = plan_negatives([_pair(0, 2), shared], 2)
     assert [s.text for s in plans[1]] == ["negative 0.1", "doc 0"]  # then another pair's positive
+    # a pair's own negative that equals its positive never takes a slot (the losses' duplicate masks rely on it)
+    echo = Pair(Side(text="q"), [Side(text="doc 9")], [Side(text="doc 9"), Side(text="other")], id="e")
+    assert [s.text for s in plan_negatives([echo], 2)[0][0]] == ["other"]
     # nothing left to borrow: K shrinks to what every pair reaches
     lone = Pair(Side(text="q"), [Side(text="doc 0")], [], dataset="d", task="image_retrieval", id="l")
     plans, filled = plan_negatives([Pair(Side(text="p"), [Side(text="doc 0")], [Side(text="doc 0"),
                                                                                  Side(text="x")]), lone], 2)
-    assert [[s.text for s in p] for p in plans] == [["doc 0"], ["x"]] and filled == 1
+    assert [[s.text for s in p] for p in plans] == [["x"], ["x"]] and filled == 1
 
 
 def test_unreadable_media_drops_the_pair_by_name(encoder, tmp_path):

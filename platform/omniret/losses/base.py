@@ -209,6 +209,24 @@ class ContrastiveBatch:
         """Global column of each local row's positive."""
         return torch.arange(self.offset, self.offset + self.rows, device=self.q.device)
 
+    def positive_rows(self, transpose: bool = False) -> Tensor | None:
+        """``positive_mask`` as (B, B_g) rows of the local queries (transposed first when asked), or None.
+
+        Accepts the global (B_g, B_g) mask or, without ``transpose``, the local rows (B, B_g).
+        """
+        mask = self.positive_mask
+        if mask is None:
+            return None
+        rows, total = self.rows, self.global_batch
+        mask = torch.as_tensor(mask, device=self.q.device).bool()
+        if mask.shape == (total, total):
+            mask = mask.T if transpose else mask
+            return mask[self.offset: self.offset + rows]
+        if mask.shape != (rows, total) or (transpose and rows != total):
+            need = f"({total}, {total})" if transpose else f"({rows}, {total}) or ({total}, {total})"
+            raise ValueError(f"positive_mask must have shape {need}, got {tuple(mask.shape)}")
+        return mask.T if transpose else mask
+
     def reduce_rows(self, per_row: Tensor) -> Tensor:
         """Per-row losses -> this rank's share of the loss: ``W * sum(per_row) / B_g`` (module docstring)."""
         return per_row.sum() * (self.world_size / self.global_batch)

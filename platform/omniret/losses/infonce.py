@@ -88,21 +88,9 @@ class InfoNCE(ContrastiveLoss):
 
     def _positives(self, batch: ContrastiveBatch, *, transpose: bool) -> Tensor:
         """(B, B_g) boolean: the own positive plus any extra positives from ``positive_mask``."""
-        rows, total = batch.rows, batch.global_batch
-        own = one_hot_columns(rows, total, batch.pos_cols)
-        mask = batch.positive_mask
-        if mask is None:
-            return own
-        mask = torch.as_tensor(mask, device=own.device).bool()
-        if mask.shape == (total, total):
-            mask = mask.T if transpose else mask
-            mask = mask[batch.offset: batch.offset + rows]
-        elif mask.shape != (rows, total) or (transpose and rows != total):
-            need = f"({total}, {total})" if transpose else f"({rows}, {total}) or ({total}, {total})"
-            raise ValueError(f"positive_mask must have shape {need}, got {tuple(mask.shape)}")
-        elif transpose:
-            mask = mask.T
-        return own | mask
+        own = one_hot_columns(batch.rows, batch.global_batch, batch.pos_cols)
+        extra = batch.positive_rows(transpose)
+        return own if extra is None else own | extra
 
 
 def _negative_metrics(sim: Tensor, positives: Tensor, keep: Tensor | None = None) -> dict[str, float]:

@@ -97,13 +97,14 @@ def plan_negatives(pairs: Sequence[Pair], negatives: int, instructions: bool = T
     fills the rest, in order, from the other pairs' explicit negatives, then their positives (these are
     already in-batch negatives: the fill then counts one of them twice, the least bad choice when the
     shard has nothing else), skipping anything whose content equals one of the pair's own positives or
-    is already among its negatives. Batches are homogeneous (one dataset), so a borrowed negative is on
+    is already among its negatives (a pair's own negative equal to its positive is left out too, so no
+    slot holds a copy of the row's positive: the losses' duplicate masks rely on it). Batches are homogeneous (one dataset), so a borrowed negative is on
     the pair's task. Only when nothing can fill a slot does K shrink, to what every pair can reach.
     """
     k = min(negatives, max((len(p.negatives) for p in pairs), default=0))
     if k == 0:
         return [[] for _ in pairs], 0
-    own = [[training_side(s, instructions) for s in p.negatives[:k]] for p in pairs]
+    own = [_own_negatives(p, k, instructions) for p in pairs]
     pool = [s for side_list in own for s in side_list] + [training_side(p.positives[0], instructions) for p in pairs]
     plans, filled = [], 0
     for pair, mine in zip(pairs, own, strict=True):  # own negatives first, then borrowed ones
@@ -122,6 +123,13 @@ def plan_negatives(pairs: Sequence[Pair], negatives: int, instructions: bool = T
         plans = [p[:reachable] for p in plans]
         filled = sum(max(0, reachable - len(m)) for m in own)
     return plans, filled
+
+
+def _own_negatives(pair: Pair, k: int, instructions: bool) -> list[Side]:
+    """Up to ``k`` of the pair's negatives, as trained, leaving out copies of its own positives."""
+    positives = {training_side(s, instructions).key() for s in pair.positives}
+    sides = [training_side(s, instructions) for s in pair.negatives]
+    return [s for s in sides if s.key() not in positives][:k]
 
 
 def encode_pairs(pairs: Sequence[Pair], encoder: InputEncoder, negatives: int = 0,
