@@ -372,6 +372,35 @@ def test_rzen_masking_removes_the_masked_columns():
     assert_close(RzenEmbedLoss(alpha=0.0)(q, t).loss, torch.stack(rows).mean(), atol=1e-10)
 
 
+def test_rows_left_without_negatives_are_counted():
+    """A mask that removes every negative of a row makes its loss exactly 0 with no gradient: counted."""
+    q, t, neg = make_inputs(b=5, k=1, seed=12)
+    # every target and explicit negative within cosine 0.95 of every other: RzenEmbed's rule masks them all
+    t = t[:1].expand(5, -1) + 1e-3 * t
+    neg = t[:, None, :].clone()
+    ql, tl, nl = leaves(q, t, neg)
+    out = RzenEmbedLoss(0.02, fn_threshold=0.95)(ql, tl, nl)
+    assert float(out.loss) == 0.0 and out.metrics["rows_without_negatives"] == 5
+    assert out.metrics["num_negatives"] == 0
+    assert all(float(g.abs().max()) == 0.0 for g in grads_of(out.loss, [ql, tl]))
+    # one row only: its own term vanishes, the other rows train
+    q, t, neg = make_inputs(b=5, k=1, seed=13)
+    keep_rows = RzenEmbedLoss(0.02, fn_threshold=0.95)(q, t, neg)
+    assert keep_rows.metrics["rows_without_negatives"] == 0
+    mask = torch.zeros(5, 5, dtype=torch.bool)
+    mask[2] = True  # row 2: every in-batch target is a positive and no explicit negative is given
+    out = InfoNCE(0.02)(q, t, positive_mask=mask)
+    assert out.metrics["rows_without_negatives"] == 1
+    assert_close(out.loss, ref_infonce(q, t, None, 0.02, pos_mask=mask))
+    # Qwen3-VL: every document a duplicate of every other (one label for the whole batch): nothing left
+    same = Qwen3VLEmbeddingLoss(0.02)(q, t, positive_mask=torch.ones(5, 5, dtype=torch.bool))
+    assert same.metrics["rows_without_negatives"] == 5 and float(same.loss) == 0.0
+    assert Qwen3VLEmbeddingLoss(0.02)(q, t, positive_mask=mask).metrics["rows_without_negatives"] == 1
+    # Matryoshka slices report it per slice; the loop reads the widest
+    wrapped = build_loss("rzen", matryoshka_dims=[4])(q, t[:1].expand(5, -1) + 1e-3 * t)
+    assert wrapped.metrics["dim8/rows_without_negatives"] == 5 and wrapped.metrics["dim4/rows_without_negatives"] == 5
+
+
 def test_qwen3vl_matches_reference_stage1_and_stage2():
     q, t, neg = make_inputs(b=6, k=2, seed=7)
     t[5] = t[2]  # duplicate documents

@@ -234,6 +234,18 @@ def test_pyramid_curriculum_follows_training_progress(steps_per_epoch, epochs, t
     assert worker.sampler.state.sigma == 1.0 and worker.sampler.state.alignment == decisions[2]["alignment"]
 
 
+def test_a_step_whose_masks_leave_no_negative_is_counted_and_warned(tiny_dirs, bench, tmp_path, caplog):
+    """fn_threshold -1: RzenEmbed's rule masks every negative; the loss is 0 and the step says so."""
+    cfg = _cfg(tiny_dirs, bench, tmp_path, "no-negatives", "train.mode=full", "train.max_steps=1",
+               "loss.name=rzen", "loss.options={fn_threshold: -1.0}")
+    worker = _worker(cfg)
+    worker.setup()
+    with caplog.at_level("WARNING", logger="omniret.training.loop"):
+        (row,) = _steps(worker, 1)
+    assert row["rows_without_negatives"] == 8 and row["loss"] == 0.0 and row["grad_norm"] == 0.0
+    assert "masking left 8 of 8 rows of rank 0 without a negative" in caplog.text
+
+
 def test_stage_adapters_soup_into_one_checkpoint(tiny_dirs, bench, tmp_path):
     from omniret.models.adapters import soup
     from omniret.training.trainer import fit

@@ -98,6 +98,15 @@ def masked_logsumexp(logits: Tensor, keep: Tensor) -> Tensor:
     return torch.logsumexp(logits.masked_fill(~keep, float("-inf")), dim=1)
 
 
+def rows_without_negatives(counts: Tensor) -> dict[str, float]:
+    """``{"rows_without_negatives": n}``: local rows whose masks left no negative in the denominator.
+
+    Such a row's loss is exactly 0 and gives no gradient (a whole batch of them: loss 0, grad_norm 0).
+    The training loop logs a warning and the count goes to metrics.csv; docs/RECIPES.md says what to do.
+    """
+    return {"rows_without_negatives": float((counts == 0).sum())}
+
+
 def duplicate_mask(a: Tensor, b: Tensor, threshold: float = DUPLICATE_COSINE) -> Tensor:
     """True where normalised rows of ``a`` and ``b`` are the same item (cosine > ``threshold``)."""
     with torch.no_grad():

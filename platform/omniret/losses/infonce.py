@@ -17,6 +17,7 @@ from omniret.losses.base import (
     check_probability,
     masked_logsumexp,
     one_hot_columns,
+    rows_without_negatives,
     similarity_logits,
 )
 from omniret.losses.temperature import TemperatureModule
@@ -94,13 +95,14 @@ class InfoNCE(ContrastiveLoss):
 
 
 def _negative_metrics(sim: Tensor, positives: Tensor, keep: Tensor | None = None) -> dict[str, float]:
-    """Mean negative cosine and mean count of negatives per row that enter the denominator."""
+    """Mean negative cosine, mean count of negatives per row that enter the denominator, and the rows with none."""
     with torch.no_grad():
         negatives = ~positives if keep is None else keep & ~positives
         count = negatives.sum(1).to(sim.dtype)
         total = count.sum()
         mean_sim = (sim * negatives).sum() / total if total > 0 else sim.new_zeros(())
-        return {"num_negatives": float(count.mean()), "neg_sim": float(mean_sim)}
+        return {"num_negatives": float(count.mean()), "neg_sim": float(mean_sim),
+                **rows_without_negatives(count)}
 
 
 class DebiasedContrastive(ContrastiveLoss):

@@ -15,6 +15,7 @@ from omniret.losses.base import (
     LossOutput,
     check_non_negative,
     masked_logsumexp,
+    rows_without_negatives,
 )
 from omniret.losses.temperature import TemperatureModule
 
@@ -90,6 +91,7 @@ class Qwen3VLEmbeddingLoss(ContrastiveLoss):
             kept = keep.sum(1)
             metrics["num_negatives"] = float(kept.to(sim.dtype).mean())
             metrics["masked_per_row"] = float((candidates - kept).to(sim.dtype).mean())
+            metrics.update(rows_without_negatives(kept))
         return LossOutput(batch.reduce_rows(per_row), metrics)
 
     def _blocks(self, batch: ContrastiveBatch) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:

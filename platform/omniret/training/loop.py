@@ -340,11 +340,15 @@ class TrainWorker:
         row = {"step": self.step, "epoch": batch.epoch, "group": batch.group, "batch": batch.fingerprint(),
                "pairs": sum(counts), "loss": _mean_over_ranks(out.loss), "lr": lr, "grad_norm": grad_norm,
                **{key: _metric(out.metrics, key) for key in ("temperature", "num_negatives", "fn_masked_per_row",
-                                                              "pos_sim", "neg_sim")},
+                                                              "rows_without_negatives", "pos_sim", "neg_sim")},
                "hard_negatives": inputs.negatives_per_query, "filled_negatives": inputs.filled,
                "dropped": len(inputs.dropped),
                "step_s": elapsed, "pairs_per_s": sum(counts) / elapsed,
                "peak_mem_mb": peak_memory_mb(self.device), **self.temperatures()}
+        if row["rows_without_negatives"] > 0:  # their loss is 0: no gradient (docs/RECIPES.md, masking)
+            log.warning("step %d: masking left %d of %d rows of rank %d without a negative (loss %.4g); see "
+                        "docs/RECIPES.md on false-negative masking", self.step, row["rows_without_negatives"],
+                        inputs.rows, self.rank, row["loss"])
         return row
 
     def _plain_step(self, queries, targets, negatives, **kwargs) -> LossOutput:
