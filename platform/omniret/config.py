@@ -322,7 +322,10 @@ class MineConfig(Section):
     top_k: int = Field(3, ge=1, description="Hard negatives kept per query.")
     skip_top: int = Field(30, ge=0, description="b3: non-positive ranks skipped first (likely false negatives).")
     margin: float = Field(0.0, description="threshold: skip candidates scoring above the positive + margin.")
-    min_positive: float | None = Field(None, description="Mine only queries whose positive scores above this.")
+    min_positive: float | None = Field(
+        None, description="t+ (Qwen3-VL): keep a query only if some positive scores above this (None: all).")
+    unconfident: Literal["drop", "keep"] = Field(
+        "drop", description="A query failing min_positive: left out of the mined files, or kept unchanged.")
     keep_existing: bool = Field(False, description="Append mined negatives to the pair's own instead of replacing.")
     ray: bool = Field(False, description="Embed with Ray Data actors instead of in this process.")
     actors: int = Field(1, ge=1)

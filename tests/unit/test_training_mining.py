@@ -11,7 +11,7 @@ import pytest
 from omniret.config import SyntheticConfig, load_config
 from omniret.data.readers import read_pairs
 from omniret.data.synthetic import generate_benchmark
-from omniret.training.mining import mine, select_negatives
+from omniret.training.mining import keep_query, mine, select_negatives
 
 SCORES = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
 
@@ -31,6 +31,28 @@ def test_threshold_keeps_only_candidates_below_the_positive_plus_margin():
     assert select_negatives(SCORES, {0, 1}, method="threshold", top_k=1, margin=0.0) == [2]
     with pytest.raises(ValueError, match="unknown mining method"):
         select_negatives(SCORES, {0}, method="other", top_k=1)
+
+
+def test_a_query_is_kept_only_if_some_positive_scores_above_t_plus():
+    # positives 0.9 and 0.1: the mean (0.5) fails t+ = 0.6, but one positive passes: kept
+    assert keep_query(np.array([0.9, 0.1]), 0.6)
+    assert not keep_query(np.array([0.55, 0.1]), 0.6)
+    assert not keep_query(np.array([0.6]), 0.6)  # strictly above
+    assert not keep_query(np.array([]), 0.0)  # no readable positive
+    assert keep_query(np.array([]), None) and keep_query(np.array([-1.0]), None)  # no t+: every query
+
+
+@pytest.mark.parametrize("policy, kept", [("drop", 0), ("keep", 12)])
+def test_queries_without_a_confident_positive_are_dropped(policy, kept, pairs_dir, tiny_dirs, tmp_path):
+    """t+ above any cosine: no query passes; dropped (default) or kept unchanged."""
+    cfg = load_config(None, [f"model.path={tiny_dirs['qwen2_vl']}", f"data.train=[{pairs_dir / 'syn_t2i.jsonl'}]",
+                             "mine.method=threshold", "mine.min_positive=1.01", f"mine.unconfident={policy}"])
+    result = mine(cfg, tmp_path / "mined")
+    assert result.datasets["syn_t2i"].unconfident == 12 and result.datasets["syn_t2i"].mined == 0
+    written = read_pairs(tmp_path / "mined").pairs
+    assert len(written) == kept
+    original = {p.id: p for p in read_pairs(pairs_dir / "syn_t2i.jsonl").pairs}
+    assert all(p.negatives == original[p.id].negatives and "mined" not in p.meta for p in written)
 
 
 @pytest.fixture(scope="module")

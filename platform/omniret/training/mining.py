@@ -9,8 +9,10 @@ For every dataset of ``data.train`` the candidate pool is every distinct documen
 - ``mine.method=threshold`` (Qwen3-VL, METHODS §8.2): keep the ``top_k`` best candidates scoring
   below the mean positive score + ``margin``; anything above is a likely false negative.
 
-``mine.min_positive`` leaves a pair unchanged when its positive scores below it (the model cannot
-tell what its positive is). The pairs are written back, one jsonl per dataset in the native schema,
+``mine.min_positive`` is Qwen3-VL's t+ (METHODS §8.2): a query is kept only if some positive scores
+above it (:func:`keep_query`); otherwise the model cannot tell what its positive is, and the pair is
+left out of the mined files (``mine.unconfident=drop``, the report's rule) or kept unchanged
+(``keep``). The report does not give t+; it is unset (every query kept) by default. The pairs are written back, one jsonl per dataset in the native schema,
 with the mined negatives replacing (or, ``keep_existing``, following) the old ones. Embedding runs in
 this process or, with ``mine.ray=true``, through a Ray Data actor pool; an item whose media cannot be
 read is reported and left out of the ranking.
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 class DatasetReport:
     pairs: int = 0
     mined: int = 0  # pairs that received mined negatives
-    unconfident: int = 0  # left unchanged: positive below mine.min_positive
+    unconfident: int = 0  # no positive above mine.min_positive: dropped (or kept unchanged)
     failed: int = 0  # items whose media could not be embedded
     positive_score: float = float("nan")
     negative_score: float = float("nan")
@@ -70,6 +72,13 @@ def select_negatives(scores: np.ndarray, positives: set[int], *, method: str, to
         limit = float(np.mean([scores[j] for j in positives])) + margin if positives else np.inf
         return [j for j in order if scores[j] < limit][:top_k]
     raise ValueError(f"unknown mining method {method!r}; choose b3 or threshold")
+
+
+def keep_query(positive_scores: list[float] | np.ndarray, min_positive: float | None) -> bool:
+    """Qwen3-VL's filter: keep a query only if some positive scores above ``min_positive`` (t+)."""
+    if min_positive is None:
+        return True
+    return bool(len(positive_scores)) and float(np.max(positive_scores)) > min_positive
 
 
 def embed_sides(cfg: OmniretConfig, sides: list[Side], names: list[str], embedder=None) -> tuple[np.ndarray, np.ndarray]:
@@ -133,9 +142,10 @@ def mine_dataset(cfg: OmniretConfig, name: str, pairs: list[Pair], embedder=None
         valid_pos = [j for j in positives if d_ok[j]]
         positive = float(np.mean(scores[valid_pos])) if valid_pos else float("nan")
         pos_scores.append(positive)
-        if m.min_positive is not None and not positive > m.min_positive:
+        if not keep_query(scores[valid_pos], m.min_positive):
             report.unconfident += 1
-            out.append(pair)
+            if m.unconfident == "keep":
+                out.append(pair)
             continue
         excluded = positives | {j for j in range(len(pool)) if not d_ok[j]}
         chosen = select_negatives(np.where(d_ok, scores, -np.inf), excluded, method=m.method, top_k=m.top_k,
