@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from netutil import free_port
 
 from omniret.losses import (
+    CoSENTLoss,
     DebiasedContrastive,
     E5OmniLoss,
     ExplicitGradientAmplifier,
@@ -33,6 +34,7 @@ from omniret.losses import (
     available_losses,
     build_loss,
     coral_loss,
+    cosent,
     ega_cross_entropy,
     gather_with_grad,
     temperature_parameters,
@@ -306,6 +308,81 @@ def test_infonce_one_way_with_negatives_and_positive_mask():
     mask[3, 0] = True
     check_against_reference(InfoNCE(0.02), lambda q, t, n, tp: ref_infonce(q, t, n, 0.02, pos_mask=mask),
                             q, t, neg, positive_mask=mask)
+
+
+def ref_label_only(q, t, neg, tau, label_rows):
+    """Label-only rows: positive vs their explicit negatives only; other rows: plain InfoNCE."""
+    q, t, neg = unit(q), unit(t), unit(neg)
+    b = q.shape[0]
+    total = 0.0
+    for i in range(b):
+        logits = [q[i] @ t[i] / tau]
+        logits += [q[i] @ t[j] / tau for j in range(b) if j != i and i not in label_rows]
+        logits += [q[i] @ neg[i, k] / tau for k in range(neg.shape[1])]
+        logits = torch.stack(logits)
+        total = total - (logits[0] - torch.logsumexp(logits, 0))
+    return total / b
+
+
+def test_label_only_classification_negatives_match_reference():
+    q, t, neg = make_inputs(b=6, k=3, seed=14)
+    task_ids = torch.tensor([0, 0, 2, 0, 2, 2])  # 0: image_classification, 2: image_retrieval
+    by_task = InfoNCE(0.05, label_only=["image_classification"], learn_temperature=True)
+    out = check_against_reference(
+        by_task, lambda q, t, n, tp: ref_label_only(q, t, n, tp["temperature.theta"].exp(), {0, 1, 3}),
+        q, t, neg, ["temperature.theta"], task_ids=task_ids)
+    assert out.metrics["num_negatives"] == pytest.approx((3 * 3 + 3 * (5 + 3)) / 6)
+    check_against_reference(InfoNCE(0.05, label_only=True),
+                            lambda q, t, n, tp: ref_label_only(q, t, n, 0.05, set(range(6))), q, t, neg)
+    # hand value: one row, positive cosine 1, one wrong label at cosine 0, tau 1: log(1 + e^-1)
+    e = torch.eye(2, dtype=F64)
+    hand = InfoNCE(1.0, label_only=True)(e[:1], e[:1], e[1:2][None], task_ids=0).loss
+    assert_close(hand, math.log(1 + math.exp(-1)))
+    # a duplicate label elsewhere in the batch changes nothing for a label-only row
+    t2 = t.clone()
+    t2[1] = t2[0]
+    a = InfoNCE(0.05, label_only=True)(q, t2, neg).loss
+    assert_close(a, ref_label_only(q, t2, neg, 0.05, set(range(6))))
+    with pytest.raises(ValueError, match="unknown task groups"):
+        InfoNCE(label_only=["nope"])
+    with pytest.raises(ValueError, match="one-way"):
+        InfoNCE(symmetric=True, label_only=True)
+    with pytest.raises(ValueError, match="task_ids"):
+        InfoNCE(label_only=["image_classification"])(q, t, neg)
+    assert build_loss("infonce", label_only=["image_classification"]).label_only == frozenset({0})
+
+
+def ref_cosent(q, d, labels, tau):
+    """float64 loops: log(1 + sum over gold-ordered pairs (i above m) of exp((s_m - s_i) / tau))."""
+    s = [unit(q[i]) @ unit(d[i]) for i in range(q.shape[0])]
+    total = torch.ones((), dtype=F64)
+    for i in range(len(s)):
+        for m in range(len(s)):
+            if labels[i] > labels[m]:
+                total = total + torch.exp((s[m] - s[i]) / tau)
+    return torch.log(total)
+
+
+def test_cosent_value_and_gradient_match_reference():
+    q, d, _ = make_inputs(b=7, seed=15)
+    labels = torch.tensor([5.0, 3.2, 3.2, 0.0, 1.5, 4.0, 3.2], dtype=F64)  # ties contribute nothing
+    for tau in (0.05, 1.0):
+        ql, dl = leaves(q, d)
+        out = CoSENTLoss(tau)(ql, dl, labels)
+        qr, dr = leaves(q, d)
+        want = ref_cosent(qr, dr, labels, tau)
+        assert_close(out.loss, want)
+        for g, w in zip(grads_of(out.loss, [ql, dl]), grads_of(want, [qr, dr]), strict=True):
+            assert_close(g, w)
+        assert out.metrics["ordered_pairs"] == 21 - 3  # 7*6/2 unordered pairs, minus the 3 tied ones
+    # hand value: gold ranks pair 0 above pair 1, but it scores 0.2 against 0.5; tau 1: log(1 + e^0.3)
+    assert_close(cosent(torch.tensor([0.2, 0.5], dtype=F64), torch.tensor([1.0, 0.0], dtype=F64), 1.0),
+                 math.log(1 + math.exp(0.3)))
+    assert_close(cosent(torch.tensor([0.2, 0.5], dtype=F64), torch.tensor([1.0, 1.0], dtype=F64), 1.0), 0.0)
+    with pytest.raises(ValueError, match="labels"):
+        CoSENTLoss()(q, d, labels[:3])
+    with pytest.raises(ValueError, match="temperature"):
+        CoSENTLoss(0.0)
 
 
 def test_dcl_matches_reference_including_clamp():
