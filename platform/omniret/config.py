@@ -38,6 +38,9 @@ class ModelConfig(Section):
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
         "auto", description="auto: flash_attention_2 on CUDA when installed, else sdpa.")
     template: str = Field("qwen3_vl_embedding", description="Prompt template name (omniret.models.prompts).")
+    pooling: Literal["auto", "last", "mean"] = Field(
+        "auto", description="Embedding read-out: last attended token, or the mean of the attended tokens "
+        "(SAIL). auto: what the checkpoint recorded (omniret_embedding.json), else last.")
     max_length: int = Field(8192, ge=16, description="Token limit of one embedded item.")
     seed: int = 0
 

@@ -246,6 +246,20 @@ def test_a_step_whose_masks_leave_no_negative_is_counted_and_warned(tiny_dirs, b
     assert "masking left 8 of 8 rows of rank 0 without a negative" in caplog.text
 
 
+def test_mean_pooling_is_trained_and_recorded_in_checkpoint_and_final(tiny_dirs, bench, tmp_path):
+    from omniret.models.backbone import load_backbone
+    from omniret.training.trainer import fit
+
+    cfg = _cfg(tiny_dirs, bench, tmp_path, "mean", "train.mode=lora", "lora.r=4", "lora.dropout=0.0",
+               "train.max_steps=1", "model.pooling=mean")
+    result = fit(cfg, local=True)
+    checkpoint = latest_checkpoint(result.run_dir)
+    base = cfg.model.model_copy(update={"pooling": "auto"})
+    assert load_backbone(base.model_copy(update={"adapter": str(checkpoint)})).pooling == "mean"
+    assert load_backbone(base.model_copy(update={"path": str(result.final)})).pooling == "mean"
+    assert load_backbone(base).pooling == "last"  # the untouched base keeps last-token pooling
+
+
 def test_stage_adapters_soup_into_one_checkpoint(tiny_dirs, bench, tmp_path):
     from omniret.models.adapters import soup
     from omniret.training.trainer import fit

@@ -145,6 +145,7 @@ def export_final(checkpoint: str | Path, out: str | Path) -> Path:
         model = detect_family(base).model_class().from_pretrained(base, dtype=torch.float32)
         merged = merge(load_adapter(model, checkpoint)).to(stored_dtype(base))
         merged.save_pretrained(tmp, safe_serialization=True)
+        copy_side_files(checkpoint, tmp)  # the checkpoint's own records (pooling) before the base's
         copy_side_files(base, tmp)
         shutil.copytree(checkpoint, tmp / "adapter", ignore=shutil.ignore_patterns(STATE_DIR))
     else:

@@ -45,6 +45,7 @@ from omniret.losses import ContrastiveLoss, LossOutput, TaskTemperature, build_l
 from omniret.losses.temperature import LearnableTemperature
 from omniret.models.backbone import Backbone, checkpoint_path, load_backbone, unwrap
 from omniret.models.embedder import Embedder, EmbeddingModel
+from omniret.models.pooling import save_pooling
 from omniret.training import checkpoint as ckpt
 from omniret.training.context import checkpoint_name
 from omniret.training.gradcache import GradCache, average_gradients
@@ -203,7 +204,7 @@ class TrainWorker:
             update={"progress": False}), self.cfg.model.template, self.cfg.model.max_length)
         self.encoder = self.embedder_view.encoder
         self.cache = EncodeCache(t.cache_mb) if t.cache_mb else None
-        self.net = self.ctx.prepare_model(EmbeddingModel(self.model))
+        self.net = self.ctx.prepare_model(EmbeddingModel(self.model, self.backbone.pooling))
         self.loss = build_training_loss(self.cfg, self.total_steps).to(self.device)
         self.optimizer = build_optimizer(self.net, self.loss, t.lr, t.weight_decay, t.temperature_lr)
         self.scheduler = warmup_cosine(self.optimizer, self.total_steps, round(t.warmup_ratio * self.total_steps),
@@ -394,6 +395,7 @@ class TrainWorker:
             folder = Path(tmp)
             if self.rank == 0:
                 ckpt.save_model(folder, self.model, self.cfg.train.mode, self.base_dir)
+                save_pooling(folder, self.backbone.pooling)  # the checkpoint embeds as it was trained
                 state = {"step": self.step, "total_steps": self.total_steps, "sampler": self.sampler.state_dict(),
                          "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))}}
                 info = {"mode": self.cfg.train.mode, "base": str(self.base_dir), "step": self.step,
