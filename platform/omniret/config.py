@@ -321,7 +321,9 @@ class MineConfig(Section):
     before_training: bool = Field(False, description="In a recipe: mine this stage's pairs with the previous "
                                   "stage's model first, then train on the mined pairs.")
     out: str | None = Field(None, description="Folder for the mined pair files (default: <run>/mined).")
-    method: Literal["b3", "threshold"] = "b3"
+    method: Literal["b3", "threshold", "f1"] = Field(
+        "b3", description="b3: skip the top ranks; threshold: below the positive + margin (Qwen3-VL); f1: below "
+        "the dataset's F1-optimal threshold (SAIL).")
     top_k: int = Field(3, ge=1, description="Hard negatives kept per query.")
     skip_top: int = Field(30, ge=0, description="b3: non-positive ranks skipped first (likely false negatives).")
     margin: float = Field(0.0, description="threshold: skip candidates scoring above the positive + margin.")
