@@ -248,7 +248,7 @@ class ServeConfig(Section):
 class LossConfig(Section):
     """The contrastive loss, built by name from the loss registry (omniret.losses)."""
 
-    name: str = Field("infonce", description="infonce, dcl, rzen, llave, qwen3vl, e5omni or qqmm_ega.")
+    name: str = Field("infonce", description="infonce, dcl, rzen, llave, qwen3vl, e5omni, qqmm_ega or distill.")
     temperature: float = Field(0.02, gt=0, description="Cosine temperature (the initial value when learned).")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Further keyword arguments of the loss, e.g. {alpha: 9, "

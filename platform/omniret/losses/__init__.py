@@ -17,6 +17,7 @@ from omniret.losses.base import (
     normalize,
     similarity_logits,
 )
+from omniret.losses.distill import DistillLoss, distillation_cross_entropy
 from omniret.losses.e5omni import (
     E5OmniLoss,
     ModalityTemperature,
@@ -43,6 +44,7 @@ __all__ = [
     "ContrastiveBatch",
     "ContrastiveLoss",
     "DebiasedContrastive",
+    "DistillLoss",
     "E5OmniLoss",
     "ExplicitGradientAmplifier",
     "FixedTemperature",
@@ -62,6 +64,7 @@ __all__ = [
     "available_losses",
     "build_loss",
     "coral_loss",
+    "distillation_cross_entropy",
     "ega_cross_entropy",
     "gather_with_grad",
     "group_whiten",

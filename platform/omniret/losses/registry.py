@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from omniret.losses.base import ContrastiveLoss
+from omniret.losses.distill import DistillLoss
 from omniret.losses.e5omni import E5OmniLoss
 from omniret.losses.infonce import DebiasedContrastive, InfoNCE
 from omniret.losses.matryoshka import MatryoshkaLoss
@@ -22,6 +23,7 @@ LOSSES: dict[str, type[ContrastiveLoss]] = {
     "qwen3vl": Qwen3VLEmbeddingLoss,
     "e5omni": E5OmniLoss,
     "qqmm_ega": ExplicitGradientAmplifier,
+    "distill": DistillLoss,
 }
 
 
