@@ -109,7 +109,8 @@ class DistillLoss(ContrastiveLoss):
         metrics = self.base_metrics(batch, tau)
         with torch.no_grad():
             agree = (student.argmax(-1) == teacher.argmax(-1)).float().mean()
-        metrics.update({"distill": float(loss.detach()), "teacher_agreement": float(agree), "num_negatives": k})
+        metrics.update({"distill": float(loss.detach()), "teacher_agreement": float(agree),
+                        "num_negatives": float(k)})
         return LossOutput(loss, metrics)
 
     def extra_repr(self) -> str:
