@@ -112,6 +112,19 @@ def cmd_mine(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     return 0
 
 
+def cmd_score_pairs(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.training.teacher_scores import score_pairs
+
+    if args.source:
+        cfg.data.train = [str(s) for s in args.source]
+    result = score_pairs(cfg, args.out)
+    print(result.table())
+    for error in result.errors:
+        print(f"not scored: {error}", file=sys.stderr)
+    print(f"scored pairs written to {result.out}")
+    return 0 if any(k for _, k in result.datasets.values()) else 1
+
+
 def cmd_ingest(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     from omniret.ingest.command import run
 
@@ -238,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="run folder, training checkpoint or HF checkpoint to mine with")
     p.add_argument("--source", action="append", type=Path, help="pair file or folder (default: data.train)")
     p.add_argument("--out", type=Path, help="folder for the mined pair files (default: mine.out)")
+    _add_config_args(p)
+
+    p = add("score-pairs", cmd_score_pairs, "score each training pair's positive and negatives with the reranker "
+            "(teacher scores for the distill loss); write the pairs back")
+    p.add_argument("--source", action="append", type=Path, help="pair file or folder (default: data.train)")
+    p.add_argument("--out", type=Path, help="folder for the scored pair files (default: score.out)")
     _add_config_args(p)
 
     p = add("ingest", cmd_ingest, "ingest images, videos and PDFs into the LanceDB index with Ray Data")

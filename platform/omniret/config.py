@@ -325,6 +325,15 @@ class MineConfig(Section):
     actors: int = Field(1, ge=1)
 
 
+class ScoreConfig(Section):
+    """Teacher scores for distillation: the reranker scores each pair's positive and negatives."""
+
+    out: str | None = Field(None, description="Folder for the scored pair files (default: <run>/scored).")
+    ray: bool = Field(False, description="Score with a Ray Data actor pool instead of in this process.")
+    actors: int = Field(1, ge=1, description="Reranker actors (one model copy each).")
+    batch_rows: int = Field(16, ge=1, description="Pairs per Ray Data batch.")
+
+
 class OmniretConfig(Section):
     model: ModelConfig = ModelConfig()
     media: MediaConfig = MediaConfig()
@@ -339,6 +348,7 @@ class OmniretConfig(Section):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     mine: MineConfig = MineConfig()
+    score: ScoreConfig = ScoreConfig()
 
     @field_validator("*", mode="before")
     @classmethod
