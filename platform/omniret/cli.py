@@ -89,6 +89,22 @@ def cmd_soup(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.models.backbone import checkpoint_path
+    from omniret.models.merge import merge_adapters, merge_checkpoints
+
+    options = {"method": args.method, "weights": args.weights, "density": args.density, "seed": args.seed}
+    if bool(args.checkpoints) == bool(args.adapters):
+        print("omniret merge: error: give --checkpoints or --adapters (not both)", file=sys.stderr)
+        return 2
+    if args.checkpoints:
+        out = merge_checkpoints(args.checkpoints, args.out, base=args.base, **options)
+    else:
+        out = merge_adapters(args.base or checkpoint_path(cfg.model), args.adapters, args.out, **options)
+    print(f"merged ({args.method}) into {out}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     from omniret.training.recipe import load_stages, run_stages, summary_lines
 
@@ -236,6 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("soup", cmd_soup, "merge LoRA adapters by weighted sum of their deltas into one checkpoint")
     p.add_argument("--adapters", nargs="+", required=True)
     p.add_argument("--weights", nargs="+", type=float)
+    p.add_argument("--out", type=Path, required=True)
+    _add_config_args(p)
+
+    p = add("merge", cmd_merge, "merge checkpoints or LoRA adapters (linear, TIES, DARE) into one HF checkpoint")
+    p.add_argument("--checkpoints", nargs="+", type=Path, help="full HF checkpoints (same architecture)")
+    p.add_argument("--adapters", nargs="+", type=Path, help="LoRA adapters of one base (--base or model.path)")
+    p.add_argument("--base", type=Path, help="common ancestor: needed by ties/dare for checkpoints")
+    p.add_argument("--method", choices=["linear", "ties", "dare_linear", "dare_ties"], default="linear")
+    p.add_argument("--weights", nargs="+", type=float, help="per model (default 1/n; 1 each for ties)")
+    p.add_argument("--density", type=float, default=1.0, help="ties: fraction kept; dare: 1 - drop probability")
+    p.add_argument("--seed", type=int, default=0, help="dare: seed of the drop masks")
     p.add_argument("--out", type=Path, required=True)
     _add_config_args(p)
 
