@@ -28,6 +28,7 @@ from omniret.losses.e5omni import (
 from omniret.losses.infonce import DebiasedContrastive, InfoNCE
 from omniret.losses.matryoshka import MatryoshkaLoss
 from omniret.losses.qqmm import ExplicitGradientAmplifier, amplified_probabilities, ega_cross_entropy
+from omniret.losses.quantize import LSQQuantizer, QuantizedLoss, lsq_quantize
 from omniret.losses.qwen3vl import Qwen3VLEmbeddingLoss
 from omniret.losses.registry import LOSSES, available_losses, build_loss
 from omniret.losses.rzen import LLaVELoss, RzenEmbedLoss
@@ -50,11 +51,13 @@ __all__ = [
     "FixedTemperature",
     "InfoNCE",
     "LLaVELoss",
+    "LSQQuantizer",
     "LearnableTemperature",
     "LossOutput",
     "MatryoshkaLoss",
     "ModalityTemperature",
     "NegativeCurriculum",
+    "QuantizedLoss",
     "Qwen3VLEmbeddingLoss",
     "RzenEmbedLoss",
     "TaskTemperature",
@@ -68,6 +71,7 @@ __all__ = [
     "ega_cross_entropy",
     "gather_with_grad",
     "group_whiten",
+    "lsq_quantize",
     "normalize",
     "similarity_logits",
     "temperature_parameters",
