@@ -95,3 +95,37 @@ def test_step_inputs_carry_scores_of_the_kept_candidates(backbones):
     assert inputs.negatives_per_query == 2
     assert inputs.teacher_scores == [[3.0, 2.0, 1.0], [5.0, 4.0, 3.0]]  # [positive, the 2 negatives used]
     assert encode_pairs([_pair(0)], encoder, negatives=2).teacher_scores == []
+
+
+def test_teacher_scores_reach_the_loss_through_both_step_functions(tiny_dirs, backbones):
+    """StepInputs.teacher_scores -> the loss kwarg ``teacher_scores`` of the loop's step functions: GradCache
+    and the plain full-batch step give the same loss and the same parameter gradients."""
+    import torch
+
+    from omniret.losses import build_loss
+    from omniret.models.embedder import EmbeddingModel
+    from omniret.models.families import FAMILIES
+    from omniret.training.gradcache import GradCache
+    from omniret.training.loop import full_batch_step
+
+    encoder = Embedder(backbones["qwen2_vl"], template="qwen3_vl_embedding").encoder
+    pairs = [_pair(i, negatives=2) for i in range(3)]
+    for pair, scores in zip(pairs, ([0.0, 4.0, -4.0], [4.0, -4.0, 0.0], [-4.0, 0.0, 4.0]), strict=True):
+        pair.teacher_scores = scores
+    inputs = encode_pairs(pairs, encoder, negatives=2)
+    teacher = torch.tensor(inputs.teacher_scores)
+    model = FAMILIES["qwen2_vl"].model_class().from_pretrained(tiny_dirs["qwen2_vl"], dtype=torch.float32)
+    net = EmbeddingModel(model.train())
+    loss = build_loss("distill", temperature=0.05, base="infonce", distill_weight=0.5)
+    results = []
+    for step in (GradCache(net, loss, encoder.collate, 2, 2).step,
+                 lambda *a, **k: full_batch_step(net, loss, encoder.collate, *a, **k)):
+        net.zero_grad()
+        out = step(inputs.queries, inputs.targets, inputs.negatives, teacher_scores=teacher)
+        results.append((float(out.loss), out.metrics["distill"],
+                        {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}))
+    (loss_a, distill_a, grads_a), (loss_b, distill_b, grads_b) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-5) and distill_a == pytest.approx(distill_b, rel=1e-5)
+    assert distill_a > 0 and grads_a.keys() == grads_b.keys() and grads_a
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=1e-4, atol=1e-6)
