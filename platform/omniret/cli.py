@@ -90,18 +90,15 @@ def cmd_soup(args: argparse.Namespace, cfg: OmniretConfig) -> int:
 
 
 def cmd_merge(args: argparse.Namespace, cfg: OmniretConfig) -> int:
-    from omniret.models.backbone import checkpoint_path
-    from omniret.models.merge import merge_adapters, merge_checkpoints
+    from omniret.models.merge import merge_from_config
 
-    options = {"method": args.method, "weights": args.weights, "density": args.density, "seed": args.seed}
-    if bool(args.checkpoints) == bool(args.adapters):
-        print("omniret merge: error: give --checkpoints or --adapters (not both)", file=sys.stderr)
-        return 2
-    if args.checkpoints:
-        out = merge_checkpoints(args.checkpoints, args.out, base=args.base, **options)
-    else:
-        out = merge_adapters(args.base or checkpoint_path(cfg.model), args.adapters, args.out, **options)
-    print(f"merged ({args.method}) into {out}")
+    flags = {"checkpoints": args.checkpoints, "adapters": args.adapters, "base": args.base, "method": args.method,
+             "weights": args.weights, "density": args.density, "seed": args.seed, "out": args.out}
+    # Flags override the merge section; validated like the section itself.
+    flags = {k: json.loads(json.dumps(v, default=str)) for k, v in flags.items() if v is not None}
+    cfg.merge = type(cfg.merge).model_validate({**cfg.merge.model_dump(), **flags})
+    out = merge_from_config(cfg)
+    print(f"merged ({cfg.merge.method}) into {out}")
     return 0
 
 
@@ -259,11 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", nargs="+", type=Path, help="full HF checkpoints (same architecture)")
     p.add_argument("--adapters", nargs="+", type=Path, help="LoRA adapters of one base (--base or model.path)")
     p.add_argument("--base", type=Path, help="common ancestor: needed by ties/dare for checkpoints")
-    p.add_argument("--method", choices=["linear", "ties", "dare_linear", "dare_ties"], default="linear")
+    p.add_argument("--method", choices=["linear", "ties", "dare_linear", "dare_ties"], help="default: linear")
     p.add_argument("--weights", nargs="+", type=float, help="per model (default 1/n; 1 each for ties)")
-    p.add_argument("--density", type=float, default=1.0, help="ties: fraction kept; dare: 1 - drop probability")
-    p.add_argument("--seed", type=int, default=0, help="dare: seed of the drop masks")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--density", type=float, help="ties: fraction kept; dare: 1 - drop probability (default 1)")
+    p.add_argument("--seed", type=int, help="dare: seed of the drop masks (default 0)")
+    p.add_argument("--out", type=Path, help="output checkpoint folder (or merge.out)")
     _add_config_args(p)
 
     p = add("train", cmd_train, "train a stage or a staged recipe on Ray Train (--local: in this process)")

@@ -328,10 +328,25 @@ class MineConfig(Section):
 class ScoreConfig(Section):
     """Teacher scores for distillation: the reranker scores each pair's positive and negatives."""
 
+    before_training: bool = Field(False, description="In a recipe: score this stage's pairs with the reranker "
+                                  "first, then train on the scored pairs (distillation).")
     out: str | None = Field(None, description="Folder for the scored pair files (default: <run>/scored).")
     ray: bool = Field(False, description="Score with a Ray Data actor pool instead of in this process.")
     actors: int = Field(1, ge=1, description="Reranker actors (one model copy each).")
     batch_rows: int = Field(16, ge=1, description="Pairs per Ray Data batch.")
+
+
+class MergeConfig(Section):
+    """Model merging (omniret.models.merge): checkpoints or LoRA adapters into one HF checkpoint."""
+
+    checkpoints: list[str] = Field(default_factory=list, description="Full HF checkpoints to merge.")
+    adapters: list[str] = Field(default_factory=list, description="LoRA adapters of one base to merge.")
+    base: str | None = Field(None, description="Common ancestor (ties/dare; adapters: default model.path).")
+    method: Literal["linear", "ties", "dare_linear", "dare_ties"] = "linear"
+    weights: list[float] | None = Field(None, description="Per model (default 1/n; 1 each for ties variants).")
+    density: float = Field(1.0, gt=0, le=1, description="ties: fraction kept; dare: 1 - drop probability.")
+    seed: int = Field(0, description="dare: seed of the drop masks.")
+    out: str | None = Field(None, description="Output checkpoint folder.")
 
 
 class OmniretConfig(Section):
@@ -349,6 +364,7 @@ class OmniretConfig(Section):
     train: TrainConfig = TrainConfig()
     mine: MineConfig = MineConfig()
     score: ScoreConfig = ScoreConfig()
+    merge: MergeConfig = MergeConfig()
 
     @field_validator("*", mode="before")
     @classmethod

@@ -145,3 +145,21 @@ def test_merge_command_writes_a_checkpoint_and_refuses_mixed_architectures(tiny_
     assert (tmp_path / "m" / "model.safetensors").is_file() and (tmp_path / "m" / "config.json").is_file()
     assert main(["merge", "--checkpoints", str(a), str(tiny_dirs["qwen3_vl"]), "--out", str(tmp_path / "x")]) == 2
     assert "different architectures" in capsys.readouterr().err
+
+
+def test_merge_section_of_a_config_runs_as_a_stage(tiny_dirs, tmp_path):
+    from omniret.config import load_config
+    from omniret.models.merge import merge_from_config
+
+    a = tiny_dirs["qwen2_vl"]
+    b = _perturbed(a, tmp_path / "b", 2)
+    cfg = load_config(None, [f"merge.checkpoints=[{a}, {b}]", "merge.method=ties", f"merge.base={a}",
+                             "merge.density=1.0", "merge.weights=[1.0, 1.0]", f"merge.out={tmp_path / 'm'}"])
+    out = merge_from_config(cfg)
+    merged = load_backbone(ModelConfig(path=str(out), dtype="float32")).model.state_dict()
+    second = load_backbone(ModelConfig(path=str(b), dtype="float32")).model.state_dict()
+    # a's task vector is zero: TIES keeps b's (the only non-zero entries with the elected sign)
+    for key in list(second)[:10]:
+        torch.testing.assert_close(merged[key], second[key], atol=1e-6, rtol=1e-5)
+    with pytest.raises(MergeError, match=r"merge\.out"):
+        merge_from_config(load_config(None, [f"merge.checkpoints=[{a}, {b}]"]))

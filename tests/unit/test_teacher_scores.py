@@ -15,7 +15,7 @@ from omniret.data.schema import Pair, SchemaError, Side, write_pairs
 from omniret.models.embedder import Embedder
 from omniret.models.reranker import Reranker
 from omniret.training.inputs import encode_pairs
-from omniret.training.teacher_scores import pair_logits, score_pair_list, score_pairs
+from omniret.training.teacher_scores import pair_logits, score_for_stage, score_pair_list, score_pairs
 
 
 def _pair(i: int, negatives: int = 2, image: str | None = None, instruction: str | None = "Find the picture."):
@@ -85,6 +85,8 @@ def test_score_pairs_writes_pair_files_and_reruns_identically(reranker, tmp_path
     assert (tmp_path / "out" / "d.jsonl").read_bytes() == first
     assert not list((tmp_path / "out").glob(".*tmp"))
     assert "bad.png" in (tmp_path / "out" / "scoring.yaml").read_text()
+    staged = score_for_stage(load_config(None, [f"data.train=[{tmp_path / 'in'}]", f"score.out={tmp_path / 'out'}"]))
+    assert staged.data.train == [str(tmp_path / "out")]  # already scored: reused, not scored again
 
 
 def test_step_inputs_carry_scores_of_the_kept_candidates(backbones):

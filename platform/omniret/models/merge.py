@@ -167,3 +167,19 @@ def merge_adapters(base: str | Path, adapters: Sequence[str | Path], out: str | 
     out = _save(model, state, base, Path(out))
     log.info("merged %d adapters (%s, weights %s) into %s", len(adapters), method, weights, out)
     return out
+
+
+def merge_from_config(cfg) -> Path:
+    """Run the merge a :class:`~omniret.config.OmniretConfig`'s ``merge`` section describes (a recipe stage);
+    adapters merge on ``merge.base`` or else ``model.path`` (the tiny model when unset)."""
+    from omniret.models.backbone import checkpoint_path
+
+    m = cfg.merge
+    if not m.out:
+        raise MergeError("merge.out: where to write the merged checkpoint")
+    if bool(m.checkpoints) == bool(m.adapters):
+        raise MergeError("merge: give merge.checkpoints or merge.adapters (not both)")
+    options = {"method": m.method, "weights": m.weights, "density": m.density, "seed": m.seed}
+    if m.checkpoints:
+        return merge_checkpoints(m.checkpoints, m.out, base=m.base, **options)
+    return merge_adapters(m.base or checkpoint_path(cfg.model), m.adapters, m.out, **options)

@@ -158,3 +158,15 @@ def _write_atomic(path: Path, pairs: list[Pair]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write_pairs(tmp, pairs)
     os.replace(tmp, path)
+
+
+def score_for_stage(cfg: OmniretConfig, reranker=None) -> OmniretConfig:
+    """``score.before_training`` in a recipe: score ``cfg``'s pairs (once: a finished ``scoring.yaml`` is
+    reused) into ``score.out`` or ``<run>/scored``; returns ``cfg`` training on the scored pairs."""
+    out = Path(cfg.score.out) if cfg.score.out else Path(cfg.train.output_dir) / cfg.train.name / "scored"
+    if not (out / "scoring.yaml").is_file():
+        result = score_pairs(cfg, out, reranker)
+        log.info("teacher scores written to %s\n%s", out, result.table())
+    cfg = cfg.model_copy(deep=True)
+    cfg.data.train = [str(out)]
+    return cfg
