@@ -1,7 +1,8 @@
 """The HTTP contract: request/response models and the translation of request inputs into Items.
 
 ``/v1/embeddings`` follows OpenAI's shape (``input`` a string or a list; ``dimensions``;
-``encoding_format`` float/base64, plus int8 and packed binary) and, like vLLM, also accepts multimodal inputs as content parts::
+``encoding_format`` float/base64, plus int8 and packed binary) and, like vLLM, also accepts multimodal
+inputs as content parts::
 
     {"content": [{"type": "text", "text": "..."},
                  {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}},
