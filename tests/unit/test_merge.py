@@ -135,6 +135,12 @@ def test_adapter_merge_adds_the_merged_deltas_to_the_base(tiny_dirs, tmp_path):
                                    atol=1e-6, rtol=1e-5)
     untouched = next(k for k in original if "k_proj.weight" in k)
     assert torch.equal(merged[untouched], original[untouched])
+    from omniret.cli import main  # the command line: adapters merge on model.path
+
+    assert main(["merge", "--adapters", str(tmp_path / "adapter0"), str(tmp_path / "adapter1"), "--weights", "0.5",
+                 "2.0", "--out", str(tmp_path / "cli"), f"model.path={base}"]) == 0
+    from_cli = load_backbone(ModelConfig(path=str(tmp_path / "cli"), dtype="float32")).model.state_dict()
+    assert all(torch.equal(from_cli[k], merged[k]) for k in deltas[0])
 
 
 def test_merge_command_writes_a_checkpoint_and_refuses_mixed_architectures(tiny_dirs, tmp_path, capsys):
