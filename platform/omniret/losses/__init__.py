@@ -17,6 +17,7 @@ from omniret.losses.base import (
     normalize,
     similarity_logits,
 )
+from omniret.losses.distill import DistillLoss, distillation_cross_entropy
 from omniret.losses.e5omni import (
     E5OmniLoss,
     ModalityTemperature,
@@ -27,6 +28,7 @@ from omniret.losses.e5omni import (
 from omniret.losses.infonce import DebiasedContrastive, InfoNCE
 from omniret.losses.matryoshka import MatryoshkaLoss
 from omniret.losses.qqmm import ExplicitGradientAmplifier, amplified_probabilities, ega_cross_entropy
+from omniret.losses.quantize import LSQQuantizer, QuantizedLoss, lsq_quantize
 from omniret.losses.qwen3vl import Qwen3VLEmbeddingLoss
 from omniret.losses.registry import LOSSES, available_losses, build_loss
 from omniret.losses.rzen import LLaVELoss, RzenEmbedLoss
@@ -43,16 +45,19 @@ __all__ = [
     "ContrastiveBatch",
     "ContrastiveLoss",
     "DebiasedContrastive",
+    "DistillLoss",
     "E5OmniLoss",
     "ExplicitGradientAmplifier",
     "FixedTemperature",
     "InfoNCE",
     "LLaVELoss",
+    "LSQQuantizer",
     "LearnableTemperature",
     "LossOutput",
     "MatryoshkaLoss",
     "ModalityTemperature",
     "NegativeCurriculum",
+    "QuantizedLoss",
     "Qwen3VLEmbeddingLoss",
     "RzenEmbedLoss",
     "TaskTemperature",
@@ -62,9 +67,11 @@ __all__ = [
     "available_losses",
     "build_loss",
     "coral_loss",
+    "distillation_cross_entropy",
     "ega_cross_entropy",
     "gather_with_grad",
     "group_whiten",
+    "lsq_quantize",
     "normalize",
     "similarity_logits",
     "temperature_parameters",

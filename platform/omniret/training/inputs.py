@@ -41,6 +41,9 @@ class StepInputs:
     query_modality: list[list[bool]] = field(default_factory=list)  # [text, image, audio, video] per query
     target_modality: list[list[bool]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # "pair id: reason" of pairs left out
+    # Teacher logits of [positive, its K negatives] per query, from pairs that carry them (distillation);
+    # one entry per query when every kept pair has scores, so it stacks to the loss's (B, 1 + K).
+    teacher_scores: list[list[float]] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -112,6 +115,8 @@ def encode_pairs(pairs: Sequence[Pair], encoder: InputEncoder, negatives: int = 
         out.target_keys.append(positive.key())
         out.query_modality.append(modality_flags(query))
         out.target_modality.append(modality_flags(positive))
+        if pair.teacher_scores is not None:
+            out.teacher_scores.append(pair.teacher_scores[:1 + k])
     return out
 
 
