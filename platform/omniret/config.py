@@ -251,7 +251,7 @@ class ServeConfig(Section):
 class LossConfig(Section):
     """The contrastive loss, built by name from the loss registry (omniret.losses)."""
 
-    name: str = Field("infonce", description="infonce, dcl, rzen, llave, qwen3vl, e5omni or qqmm_ega.")
+    name: str = Field("infonce", description="infonce, dcl, rzen, llave, qwen3vl, e5omni, qqmm_ega or distill.")
     temperature: float = Field(0.02, gt=0, description="Cosine temperature (the initial value when learned).")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Further keyword arguments of the loss, e.g. {alpha: 9, "
@@ -336,6 +336,30 @@ class MineConfig(Section):
     actors: int = Field(1, ge=1)
 
 
+class ScoreConfig(Section):
+    """Teacher scores for distillation: the reranker scores each pair's positive and negatives."""
+
+    before_training: bool = Field(False, description="In a recipe: score this stage's pairs with the reranker "
+                                  "first, then train on the scored pairs (distillation).")
+    out: str | None = Field(None, description="Folder for the scored pair files (default: <run>/scored).")
+    ray: bool = Field(False, description="Score with a Ray Data actor pool instead of in this process.")
+    actors: int = Field(1, ge=1, description="Reranker actors (one model copy each).")
+    batch_rows: int = Field(16, ge=1, description="Pairs per Ray Data batch.")
+
+
+class MergeConfig(Section):
+    """Model merging (omniret.models.merge): checkpoints or LoRA adapters into one HF checkpoint."""
+
+    checkpoints: list[str] = Field(default_factory=list, description="Full HF checkpoints to merge.")
+    adapters: list[str] = Field(default_factory=list, description="LoRA adapters of one base to merge.")
+    base: str | None = Field(None, description="Common ancestor (ties/dare; adapters: default model.path).")
+    method: Literal["linear", "ties", "dare_linear", "dare_ties"] = "linear"
+    weights: list[float] | None = Field(None, description="Per model (default 1/n; 1 each for ties variants).")
+    density: float = Field(1.0, gt=0, le=1, description="ties: fraction kept; dare: 1 - drop probability.")
+    seed: int = Field(0, description="dare: seed of the drop masks.")
+    out: str | None = Field(None, description="Output checkpoint folder.")
+
+
 class OmniretConfig(Section):
     model: ModelConfig = ModelConfig()
     media: MediaConfig = MediaConfig()
@@ -350,6 +374,8 @@ class OmniretConfig(Section):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     mine: MineConfig = MineConfig()
+    score: ScoreConfig = ScoreConfig()
+    merge: MergeConfig = MergeConfig()
 
     @field_validator("*", mode="before")
     @classmethod

@@ -732,11 +732,13 @@ def test_forward_input_validation():
 
 
 def test_registry_builds_every_loss_and_wraps_matryoshka():
-    assert available_losses() == sorted(["infonce", "dcl", "rzen", "llave", "qwen3vl", "e5omni", "qqmm_ega"])
+    assert available_losses() == sorted(["infonce", "dcl", "rzen", "llave", "qwen3vl", "e5omni", "qqmm_ega",
+                                         "distill"])
     q, t, neg = make_inputs()
     for name in available_losses():
         loss = build_loss(name)
-        out = loss(q, t, neg)
+        extra = {"teacher_scores": torch.zeros(q.shape[0], neg.shape[1] + 1, dtype=F64)} if name == "distill" else {}
+        out = loss(q, t, neg, **extra)
         assert out.loss.dim() == 0 and math.isfinite(float(out.loss.detach()))
         assert all(isinstance(v, float) for v in out.metrics.values())
     rz = build_loss("rzen")

@@ -99,3 +99,16 @@ def test_cache_reuses_encoded_items_within_its_budget(encoder, tmp_path):
     assert 0 < len(evicting.items) < 40 and evicting.bytes <= evicting.max_bytes
     assert Side(text="doc 19").key() in evicting.items and Side(text="query 0",
                                                                  instruction="Find the picture.").key() not in evicting.items
+
+
+def test_pairs_with_teacher_scores_keep_their_own_negatives_and_scores(encoder):
+    """Distillation needs the teacher's score of every slot: no borrowing; scores follow the slots taken."""
+    a, b = _pair(0, 3), _pair(1, 2)
+    b.negatives.insert(0, b.positives[0])  # a copy of the positive: left out, its score too
+    a.teacher_scores, b.teacher_scores = [3.0, 2.0, 1.0, 0.0], [5.0, 9.0, 4.0, 3.0]
+    inputs = encode_pairs([a, b], encoder, negatives=3)
+    assert inputs.filled == 0 and inputs.negatives_per_query == 2
+    assert inputs.teacher_scores == [[3.0, 2.0, 1.0], [5.0, 4.0, 3.0]]
+    unscored = encode_pairs([_pair(0, 3), _pair(1, 1)], encoder, negatives=3)
+    assert unscored.filled == 2 and unscored.negatives_per_query == 3 and unscored.teacher_scores == []
+

@@ -19,6 +19,7 @@ from omniret.losses.base import (
     similarity_logits,
 )
 from omniret.losses.cosent import CoSENTLoss, cosent
+from omniret.losses.distill import DistillLoss, distillation_cross_entropy
 from omniret.losses.e5omni import (
     E5OmniLoss,
     ModalityTemperature,
@@ -29,6 +30,7 @@ from omniret.losses.e5omni import (
 from omniret.losses.infonce import DebiasedContrastive, InfoNCE
 from omniret.losses.matryoshka import MatryoshkaLoss
 from omniret.losses.qqmm import ExplicitGradientAmplifier, amplified_probabilities, ega_cross_entropy
+from omniret.losses.quantize import LSQQuantizer, QuantizedLoss, lsq_quantize
 from omniret.losses.qwen3vl import Qwen3VLEmbeddingLoss
 from omniret.losses.registry import LOSSES, available_losses, build_loss
 from omniret.losses.rzen import LLaVELoss, RzenEmbedLoss
@@ -46,16 +48,19 @@ __all__ = [
     "ContrastiveBatch",
     "ContrastiveLoss",
     "DebiasedContrastive",
+    "DistillLoss",
     "E5OmniLoss",
     "ExplicitGradientAmplifier",
     "FixedTemperature",
     "InfoNCE",
     "LLaVELoss",
+    "LSQQuantizer",
     "LearnableTemperature",
     "LossOutput",
     "MatryoshkaLoss",
     "ModalityTemperature",
     "NegativeCurriculum",
+    "QuantizedLoss",
     "Qwen3VLEmbeddingLoss",
     "RzenEmbedLoss",
     "TaskTemperature",
@@ -66,9 +71,11 @@ __all__ = [
     "build_loss",
     "coral_loss",
     "cosent",
+    "distillation_cross_entropy",
     "ega_cross_entropy",
     "gather_with_grad",
     "group_whiten",
+    "lsq_quantize",
     "normalize",
     "similarity_logits",
     "temperature_parameters",

@@ -200,6 +200,7 @@ class ContrastiveBatch:
     t_modality: Tensor | None = None
     step: int | None = None
     positive_mask: Tensor | None = None  # (B or B_g, B_g) extra in-batch positives
+    teacher_scores: Tensor | None = None  # (B, 1 + K) teacher logits of [positive, negatives] (distillation)
 
     @property
     def rows(self) -> int:
@@ -257,6 +258,8 @@ class ContrastiveLoss(nn.Module):
     needs_global_queries: bool = False
     #: Set by losses that accept an explicit ``positive_mask``.
     supports_positive_mask: bool = False
+    #: Set by losses that read ``teacher_scores`` (distillation); the others refuse them.
+    supports_teacher_scores: bool = False
 
     def __init__(
         self,
@@ -282,17 +285,22 @@ class ContrastiveLoss(nn.Module):
         t_modality: Tensor | None = None,
         step: int | None = None,
         positive_mask: Tensor | None = None,
+        teacher_scores: Tensor | None = None,
     ) -> LossOutput:
         """Loss of queries ``q`` (B, D) against targets ``t`` (B, D) and optional ``negatives`` (B, K, D).
 
         ``task_ids``: int or (B,) ints (task temperature). ``q_modality`` / ``t_modality``: (B, 4) presence
         masks over [text, image, audio, video] (e5-omni). ``step``: the optimiser step (curricula).
         ``positive_mask``: (B, B) extra in-batch positives (losses with ``supports_positive_mask``).
+        ``teacher_scores``: (B, 1 + K) teacher logits of each row's [positive, negatives] (losses with
+        ``supports_teacher_scores``).
         """
         self._validate(q, t, negatives, positive_mask)
+        if teacher_scores is not None and not self.supports_teacher_scores:
+            raise ValueError(f"{type(self).__name__} does not use teacher_scores")
         batch = self._make_batch(q, t, negatives)
         batch.task_ids, batch.q_modality, batch.t_modality = task_ids, q_modality, t_modality
-        batch.step, batch.positive_mask = step, positive_mask
+        batch.step, batch.positive_mask, batch.teacher_scores = step, positive_mask, teacher_scores
         return self.compute(batch)
 
     def compute(self, batch: ContrastiveBatch) -> LossOutput:  # pragma: no cover - abstract
