@@ -125,6 +125,23 @@ def cmd_mine(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     return 0
 
 
+def cmd_balance(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    import yaml
+
+    from omniret.training.balancing import balance
+
+    result = balance(cfg, samples=args.samples, k=args.clusters, eps=args.eps, temperature=args.temperature)
+    print(f"{'group':32s} {'score':>7s} {'weight':>7s}")
+    for name, row in sorted(result.items(), key=lambda kv: -kv[1]["weight"]):
+        print(f"{name:32s} {row['score']:7.3f} {row['weight']:7.3f}")
+    if args.out:
+        weights = {name: round(row["weight"], 6) for name, row in result.items()}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(yaml.safe_dump({"data": {"weighting": "uniform", "weights": weights}}))
+        print(f"weights written to {args.out} (use it as one more --config)")
+    return 0
+
+
 def cmd_score_pairs(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     from omniret.training.teacher_scores import score_pairs
 
@@ -275,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="run folder, training checkpoint or HF checkpoint to mine with")
     p.add_argument("--source", action="append", type=Path, help="pair file or folder (default: data.train)")
     p.add_argument("--out", type=Path, help="folder for the mined pair files (default: mine.out)")
+    _add_config_args(p)
+
+    p = add("balance", cmd_balance, "sampling weights of the training groups from their embedding similarity "
+            "to the evaluation sets (k-means + Sinkhorn + softmax)")
+    p.add_argument("--samples", type=int, default=256, help="items embedded per group and per evaluation set")
+    p.add_argument("--clusters", type=int, default=16, help="k-means centroids per set")
+    p.add_argument("--eps", type=float, default=0.05, help="Sinkhorn regularisation")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the weights")
+    p.add_argument("--out", type=Path, help="write {data: {weighting: uniform, weights: ...}} here")
     _add_config_args(p)
 
     p = add("score-pairs", cmd_score_pairs, "score each training pair's positive and negatives with the reranker "

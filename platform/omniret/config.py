@@ -38,6 +38,9 @@ class ModelConfig(Section):
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
         "auto", description="auto: flash_attention_2 on CUDA when installed, else sdpa.")
     template: str = Field("qwen3_vl_embedding", description="Prompt template name (omniret.models.prompts).")
+    pooling: Literal["auto", "last", "mean"] = Field(
+        "auto", description="Embedding read-out: last attended token, or the mean of the attended tokens "
+        "(SAIL). auto: what the checkpoint recorded (omniret_embedding.json), else last.")
     max_length: int = Field(8192, ge=16, description="Token limit of one embedded item.")
     seed: int = 0
 
@@ -295,7 +298,10 @@ class TrainConfig(Section):
         "none", description="pyramid: GVE modality pyramid, tasks sampled by softmax(alignment / sigma).")
     sigma_min: float = Field(0.1, gt=0)
     sigma_max: float = Field(1.0, gt=0)
-    probe_pairs: int = Field(16, ge=1, description="Pairs per task probed at each epoch start (pyramid).")
+    probe_pairs: int = Field(16, ge=1, description="Pairs per task probed at each pyramid decision.")
+    probe_every: int | None = Field(
+        None, ge=1, description="Steps between pyramid decisions (re-probe; sigma follows the step). None: every "
+        "epoch start and at least 3 decisions per run.")
     negatives: int = Field(0, ge=0, description="Explicit hard negatives per query taken from the pairs.")
     cache_mb: float = Field(0, ge=0, description="Keep encoded items (pixels, tokens) for later epochs, up to "
                             "this many MB per worker (0: decode every time).")
@@ -315,11 +321,16 @@ class MineConfig(Section):
     before_training: bool = Field(False, description="In a recipe: mine this stage's pairs with the previous "
                                   "stage's model first, then train on the mined pairs.")
     out: str | None = Field(None, description="Folder for the mined pair files (default: <run>/mined).")
-    method: Literal["b3", "threshold"] = "b3"
+    method: Literal["b3", "threshold", "f1"] = Field(
+        "b3", description="b3: skip the top ranks; threshold: below the positive + margin (Qwen3-VL); f1: below "
+        "the dataset's F1-optimal threshold (SAIL).")
     top_k: int = Field(3, ge=1, description="Hard negatives kept per query.")
     skip_top: int = Field(30, ge=0, description="b3: non-positive ranks skipped first (likely false negatives).")
     margin: float = Field(0.0, description="threshold: skip candidates scoring above the positive + margin.")
-    min_positive: float | None = Field(None, description="Mine only queries whose positive scores above this.")
+    min_positive: float | None = Field(
+        None, description="t+ (Qwen3-VL): keep a query only if some positive scores above this (None: all).")
+    unconfident: Literal["drop", "keep"] = Field(
+        "drop", description="A query failing min_positive: left out of the mined files, or kept unchanged.")
     keep_existing: bool = Field(False, description="Append mined negatives to the pair's own instead of replacing.")
     ray: bool = Field(False, description="Embed with Ray Data actors instead of in this process.")
     actors: int = Field(1, ge=1)

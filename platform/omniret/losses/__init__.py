@@ -2,8 +2,9 @@
 
 Every loss is a :class:`ContrastiveLoss` with ``forward(q, t, negatives=None, *, task_ids=None, q_modality=None,
 t_modality=None, step=None, positive_mask=None) -> LossOutput``; build one by name with :func:`build_loss`.
-The distributed convention (local queries vs gathered targets, loss scaled so DDP averaging yields the
-full-batch gradient) is documented in :mod:`omniret.losses.base`.
+:class:`CoSENTLoss` ranks graded-similarity pairs instead (``forward(q, d, labels)``). The distributed
+convention (local queries vs gathered targets, loss scaled so DDP averaging yields the full-batch gradient)
+is documented in :mod:`omniret.losses.base`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from omniret.losses.base import (
     normalize,
     similarity_logits,
 )
+from omniret.losses.cosent import CoSENTLoss, cosent
 from omniret.losses.distill import DistillLoss, distillation_cross_entropy
 from omniret.losses.e5omni import (
     E5OmniLoss,
@@ -42,6 +44,7 @@ from omniret.losses.temperature import (
 
 __all__ = [
     "LOSSES",
+    "CoSENTLoss",
     "ContrastiveBatch",
     "ContrastiveLoss",
     "DebiasedContrastive",
@@ -67,6 +70,7 @@ __all__ = [
     "available_losses",
     "build_loss",
     "coral_loss",
+    "cosent",
     "distillation_cross_entropy",
     "ega_cross_entropy",
     "gather_with_grad",

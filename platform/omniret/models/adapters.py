@@ -27,7 +27,7 @@ LLM_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 # Files of a checkpoint directory that are not weights and travel with a merged model.
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
               "chat_template.json", "preprocessor_config.json", "video_preprocessor_config.json",
-              "generation_config.json", "vocab.json", "merges.txt", "omniret_tiny.json")
+              "generation_config.json", "vocab.json", "merges.txt", "omniret_tiny.json", "omniret_embedding.json")
 
 
 def peft_config(cfg: LoraConfig) -> PeftLoraConfig:

@@ -119,6 +119,16 @@ def load_overrides(folder: str | Path) -> list[str]:
     return [f"model.path={folder}"]
 
 
+def stored_dtype(model_dir: str | Path) -> torch.dtype:
+    """The dtype a checkpoint's weights are stored in (config.json ``dtype`` / ``torch_dtype``; fp32 if absent)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"{model_dir}/config.json names an unknown dtype {name!r}")
+    return dtype
+
+
 def export_final(checkpoint: str | Path, out: str | Path) -> Path:
     """A stage's output from its last checkpoint: a full HF checkpoint (LoRA merged, adapter in adapter/)."""
     from omniret.models.adapters import load_adapter, merge
@@ -130,9 +140,12 @@ def export_final(checkpoint: str | Path, out: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     if info["mode"] == "lora":
         base = Path(info["base"])
-        model = detect_family(base).model_class().from_pretrained(base, dtype="auto")
-        merged = merge(load_adapter(model, checkpoint))
+        # Merge in fp32, then cast to the base's stored dtype: W0 + s*B@A rounded once, not in every
+        # bf16 operation of the merge (a bf16 add loses most of a small LoRA delta).
+        model = detect_family(base).model_class().from_pretrained(base, dtype=torch.float32)
+        merged = merge(load_adapter(model, checkpoint)).to(stored_dtype(base))
         merged.save_pretrained(tmp, safe_serialization=True)
+        copy_side_files(checkpoint, tmp)  # the checkpoint's own records (pooling) before the base's
         copy_side_files(base, tmp)
         shutil.copytree(checkpoint, tmp / "adapter", ignore=shutil.ignore_patterns(STATE_DIR))
     else:
