@@ -138,6 +138,8 @@ def open_and_plan(uri: str, stack: ExitStack, media: MediaConfig
         src = stack.enter_context(local_file(uri, max_bytes=media.max_file_bytes))
     except MediaError as exc:
         return rows.failure(uri, "read", _short(exc.reason))
+    except Exception as exc:  # e.g. a storage client's own error type: this file fails, not the batch
+        return rows.failure(uri, "read", _short(f"{type(exc).__name__}: {exc}"))
     if src.kind is None:
         return rows.failure(uri, "classify", "unknown file type: its content is not an image, video or PDF",
                             sha256=src.sha256)
