@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from omniret.index.store import IndexStore
+from omniret.ingest.pipeline import run_ingest
 from omniret.media import synth
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,3 +95,65 @@ def test_a_decoder_process_that_dies_fails_only_its_files(ray_session, make_conf
     recorded = {(Path(e["uri"]).name, e["stage"]) for e in IndexStore(cfg.index).errors().to_pylist()}
     assert recorded == {("segfault.png", "decode"), ("oomkill.pdf", "decode")}
 
+
+
+def table_of(cfg) -> tuple[list[str], np.ndarray]:
+    data = IndexStore(cfg.index, fresh=True).scan(["id", "vector"]).sort_by("id")
+    return data["id"].to_pylist(), np.asarray(data["vector"].to_pylist(), dtype=np.float32)
+
+
+def test_jobs_killed_mid_write_beside_a_concurrent_job_lose_nothing(ray_session, make_config, tmp_path):
+    media = tmp_path / "media"
+    media.mkdir()
+    for i, (shape, color) in enumerate([("circle", "red"), ("square", "blue"), ("triangle", "green"),
+                                        ("circle", "purple"), ("square", "orange"), ("triangle", "yellow")]):
+        synth.draw_scene([{"shape": shape, "color": color, "x": 32, "y": 32, "size": 24 + 2 * i}],
+                         size=(64, 64)).save(media / f"{i}.png")
+    synth.write_pdf(media / "doc.pdf", ["one", "two", "three"])
+    total = 6 + 3
+    clean = make_config("qwen2_vl", f"index.uri={tmp_path / 'clean'}", "media.pdf_dpi=50", "ingest.thumbnail_px=32")
+    assert run_ingest(clean, [str(media)]).items_written == total
+
+    cfg = make_config("qwen2_vl", f"index.uri={tmp_path / 'db'}")
+    # Commits of one row each, so that a kill lands between commits, and half a CPU per embedder so
+    # that both jobs' actors and a decoding task fit on two CPUs.
+    slow = ("ingest.write_batch_rows=1", "ingest.embed_batch_rows=1", "ingest.files_per_task=1", "ingest.embed_cpus=0.5")
+
+    def start(name: str) -> subprocess.Popen:
+        cmd, env = ingest_job(ray_session, cfg, media, tmp_path / f"{name}.json", extra=slow)
+        out = (tmp_path / f"{name}.log").open("w")
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    store = IndexStore(cfg.index, fresh=True)
+
+    def count() -> int:
+        return store.count() if store.exists() else 0
+
+    concurrent = start("concurrent")
+    kills = []
+    try:
+        for attempt in range(2):
+            victim, before = start(f"victim{attempt}"), count()
+            deadline = time.monotonic() + 300
+            while count() <= before and victim.poll() is None:
+                assert time.monotonic() < deadline, (tmp_path / f"victim{attempt}.log").read_text()[-3000:]
+                time.sleep(0.05)
+            alive = victim.poll() is None
+            os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait(timeout=60)
+            kills.append((alive, count()))
+        assert concurrent.wait(timeout=600) == 0, (tmp_path / "concurrent.log").read_text()[-3000:]
+    finally:
+        for job in (concurrent,):
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+    print(f"(victim alive when killed, rows then): {kills}")
+    assert kills[0][0] and 0 < kills[0][1] < total  # the first kill at least came mid-write
+
+    final = run_ingest(make_config("qwen2_vl", f"index.uri={tmp_path / 'db'}", "media.pdf_dpi=50",
+                                   "ingest.thumbnail_px=32"), [str(media)])
+    assert final.exit_code() == 0 and final.items_failed == 0
+    ids, vectors = table_of(cfg)
+    clean_ids, clean_vectors = table_of(clean)
+    assert ids == clean_ids and len(ids) == total
+    assert np.allclose(vectors, clean_vectors, atol=1e-5)
