@@ -2,7 +2,8 @@
 
 Python errors in decoders already stay with their item (:func:`omniret.ingest.expand.expand_file`
 catches them). A native crash cannot be caught: a segfault in a decoding library, or the OOM killer,
-ends the whole process. So the Ray Data task hands its files to a child task (a separate worker
+ends the whole process, and Ray Data retries a task whose process died without limit, so a file
+that always crashes its decoder would stall the run. So the Ray Data task hands its files to a child task (a separate worker
 process) and streams the work rows back. When the child dies, the files it had not finished are
 decoded again, one file per child: a file whose own child dies too is reported as failed at the
 ``decode`` stage, and every other file is still expanded. Rows that already arrived before the
