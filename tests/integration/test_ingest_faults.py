@@ -138,17 +138,17 @@ def test_jobs_killed_mid_write_beside_a_concurrent_job_lose_nothing(ray_session,
             while count() <= before and victim.poll() is None:
                 assert time.monotonic() < deadline, (tmp_path / f"victim{attempt}.log").read_text()[-3000:]
                 time.sleep(0.05)
-            alive = victim.poll() is None
+            alive, beside = victim.poll() is None, concurrent.poll() is None
             os.killpg(victim.pid, signal.SIGKILL)
             victim.wait(timeout=60)
-            kills.append((alive, count()))
+            kills.append((alive, beside, count()))
         assert concurrent.wait(timeout=600) == 0, (tmp_path / "concurrent.log").read_text()[-3000:]
     finally:
         for job in (concurrent,):
             if job.poll() is None:
                 os.killpg(job.pid, signal.SIGKILL)
-    print(f"(victim alive when killed, rows then): {kills}")
-    assert kills[0][0] and 0 < kills[0][1] < total  # the first kill at least came mid-write
+    print(f"(victim alive when killed, concurrent job running, rows then): {kills}")
+    assert kills[0][:2] == (True, True) and 0 < kills[0][2] < total  # the first kill at least came mid-write
 
     final = run_ingest(make_config("qwen2_vl", f"index.uri={tmp_path / 'db'}", "media.pdf_dpi=50",
                                    "ingest.thumbnail_px=32"), [str(media)])
