@@ -59,3 +59,11 @@ def test_an_item_that_breaks_the_model_batch_costs_only_itself(make_config, side
         assert sorted(i for i in ids if i in special) == sorted(i for i in plain if i in special)
     else:
         assert list(out.errors) == [1] and out.errors[1].startswith("q1: ")
+
+
+def test_a_configured_matryoshka_size_applies_to_every_item(make_config, sides):
+    cfg = make_config("qwen2_vl", "embed.progress=false", "embed.dimensions=8")
+    embedder = Embedder.from_config(cfg)
+    out = embed_sides(embedder, sides, ["q0", "q1", "q2"])
+    assert out.vectors.shape == (3, 8) and out.ok.tolist() == [True, False, True]
+    assert np.allclose(out.vectors[[0, 2]], embedder.encode([s.to_item() for s in (sides[0], sides[2])]), atol=1e-5)

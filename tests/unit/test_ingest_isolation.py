@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from omniret.config import EmbedConfig
 from omniret.index.store import IndexStore
 from omniret.ingest import rows
 from omniret.ingest.embed import EmbedBatch, model_dim, model_tag
@@ -87,6 +88,7 @@ class _FailsOnPoison:
     cannot forge special tokens, so the algorithm is checked here without it.)"""
 
     dim = 3
+    embed_cfg = EmbedConfig()
 
     class encoder:  # mirrors Embedder.encoder
         @staticmethod

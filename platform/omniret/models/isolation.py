@@ -46,7 +46,8 @@ def embed_isolated(embedder: Any, makers: Sequence[Callable[[], Item]], dimensio
             kept.append(i)
         except Exception as exc:
             errors[i] = exc
-    dim = dimensions or embedder.dim
+    # The size encode_prepared returns: the asked Matryoshka size, the configured one, or the model's.
+    dim = (dimensions if dimensions is not None else embedder.embed_cfg.dimensions) or embedder.dim
     out = np.zeros((len(makers), dim), dtype=np.float32)
     if not encoded:
         return out, errors
