@@ -115,6 +115,11 @@ class IngestConfig(Section):
                                   "the actor splits them by embed.batch_tokens.")
     embed_cpus: float = Field(1.0, ge=0)
     embed_gpus: float = Field(0.0, ge=0)
+    isolate_decoding: bool = Field(
+        True, description="Decode each batch of files in a child Ray task, so that a native crash (a "
+        "segfault, an OOM kill) fails only the files it was decoding (they are retried one per task and "
+        "the culprit is reported); false decodes inside the Ray Data task, which Ray Data retries without "
+        "limit when its process dies, so a file that always crashes its decoder stalls the run.")
     writers: int = Field(1, ge=1, description="Table writer actors: few, so commits rarely conflict.")
     write_batch_rows: int = Field(512, ge=1, description="Rows per commit (large batches, few versions).")
     max_failed_files: int | None = Field(
