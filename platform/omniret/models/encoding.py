@@ -124,7 +124,8 @@ class InputEncoder:
             ref = video if isinstance(video, VideoRef) else VideoRef(video)
             read = read_frame_dir if Path(ref.path).is_dir() else read_frames  # MMEB ships frame folders
             frames = read(ref.path, start=ref.start, end=ref.end, num_frames=ref.num_frames or m.video_frames,
-                         fps=m.video_fps, max_frames=m.video_max_frames, max_bytes=m.max_file_bytes)
+                         fps=m.video_fps, max_frames=m.video_max_frames, max_bytes=m.max_file_bytes,
+                         **({} if read is read_frame_dir else {"max_frame_pixels": m.max_video_frame_pixels}))
         if len(frames.frames) > m.video_max_frames:
             raise MediaError(source, f"{len(frames.frames)} frames exceed media.video_max_frames="
                                      f"{m.video_max_frames}")
