@@ -157,3 +157,13 @@ def test_turns_keep_each_within_the_budget():
     assert turns([5, 5, 5], 10) == [[0, 1], [2]]
     assert turns([30, 1, 1], 10) == [[0], [1, 2]]
     assert turns([], 10) == []
+
+
+def test_request_metrics_are_labelled_by_route_not_by_raw_path(setup):
+    seen = []
+    app = create_api(LocalBackend(setup["embedder"]), setup["cfg"], on_request=lambda p, s: seen.append((p, s)))
+    client = TestClient(app)
+    assert client.get("/v1/ingest/j\u00f6b-\u2603").status_code == 503  # this app has no ingestor
+    assert client.get("/no/such/\u00e9").status_code == 404
+    assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 200
+    assert seen == [("/v1/ingest/{job_id}", 503), ("unmatched", 404), ("/v1/embeddings", 200)]

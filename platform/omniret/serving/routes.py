@@ -139,6 +139,7 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
 
     def parser() -> InputParser:
         return InputParser(serve_cfg, cfg.media, scratch)
+
     api_key = serve_cfg.api_key or os.environ.get("OMNIRET_API_KEY")
     app = FastAPI(title="omniret", version="1", description="Multimodal embeddings, reranking and search.")
     app.state.scratch = scratch
@@ -151,15 +152,23 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 response = JSONResponse(error_body("missing or wrong bearer token", "authorization",
                                                    "authentication_error"), status_code=401)
-                _count(path, response.status_code)
+                _count(request, response.status_code)
                 return response
         response = await call_next(request)
-        _count(path, response.status_code)
+        _count(request, response.status_code)
         return response
 
-    def _count(path: str, status: int) -> None:
-        if on_request is not None:
-            on_request(path, status)
+    def _count(request: Request, status: int) -> None:
+        if on_request is None:
+            return
+        # Label by route template, never by the raw path: clients choose paths (any characters, any
+        # number of them), and metric tags must stay ASCII and few.
+        route = getattr(request.scope.get("route"), "path", None)
+        label = route or (request.url.path if request.url.path in known_paths else "unmatched")
+        try:
+            on_request(label, status)
+        except Exception:  # metrics must never fail a request
+            log.warning("could not count a request to %s", label, exc_info=True)
 
     @app.exception_handler(InputError)
     async def _input_error(_: Request, exc: InputError):
@@ -279,5 +288,6 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
         if name and name != backend.model_id:
             raise InputError("model", f"unknown model {name!r}; this service serves {backend.model_id!r}", 404)
 
+    known_paths = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(BodyLimit, limit=serve_cfg.max_request_bytes)  # outermost: before any parsing
     return app
