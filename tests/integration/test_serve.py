@@ -62,7 +62,9 @@ def test_search_returns_the_known_item(service):
     ({"input": "x", "unknown_field": True}, 422),
     ({"input": [{"content": [{"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]}, 403),
     ({"input": [{"content": [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA",
-                                                                   "num_frames": 999}}]}]}, 415),
+                                                                   "num_frames": 8}}]}]}, 415),
+    ({"input": [{"content": [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA",
+                                                                   "num_frames": 999}}]}]}, 400),
 ])
 def test_malformed_inputs_get_4xx_json_and_the_service_keeps_serving(service, payload, status):
     response = httpx.post(f"{service['url']}/v1/embeddings", json=payload, timeout=60)
