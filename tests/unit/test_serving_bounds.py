@@ -167,3 +167,22 @@ def test_request_metrics_are_labelled_by_route_not_by_raw_path(setup):
     assert client.get("/no/such/\u00e9").status_code == 404
     assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 200
     assert seen == [("/v1/ingest/{job_id}", 503), ("unmatched", 404), ("/v1/embeddings", 200)]
+
+
+def test_pdf_pages_are_sized_from_the_page_tree(setup):
+    pdf = synth.write_pdf(setup["root"] / "media" / "one.pdf", ["only page"])
+    from omniret.serving.api import PageUrl
+
+    roomy = setup["cfg"].serve.model_copy(update={"max_request_pixels": 10**8})
+    parser = InputParser(roomy, setup["cfg"].media)
+
+    parser.page(PageUrl(url=str(pdf), page=0), "pdf_page")
+    import pymupdf
+
+    with pymupdf.open(pdf) as doc:  # the page's size in points, at media.pdf_dpi
+        rect = doc[0].rect
+    scale = setup["cfg"].media.pdf_dpi / 72
+    assert parser.pixels == round(rect.width * scale) * round(rect.height * scale)
+    body = {"input": [{"content": [{"type": "pdf_page", "pdf_page": {"url": str(pdf), "page": 3}}]}]}
+    error = _refused(setup["client"].post("/v1/embeddings", json=body), 400, "input[0].content[0].pdf_page.page")
+    assert "1 pages" in error["message"]
