@@ -7,6 +7,7 @@ afterwards; no request hangs past the client's (generous) timeout.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -188,6 +189,40 @@ def test_schema_fuzz_finds_no_server_error(service):
 
     fuzz()
     assert len({label for label, _ in seen}) >= 4  # the fuzz reached most operations
+    _still_serving(service)
+
+
+def test_a_stuck_or_dying_model_replica_gets_504_or_503_and_an_unhealthy_healthz(service):
+    """A real Serve deployment that hangs, and one whose process dies, behind the real routes."""
+    from fastapi.testclient import TestClient
+    from ray import serve
+
+    from omniret.serving.backend import HandleBackend
+    from omniret.serving.routes import create_api
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class Broken:
+        async def info(self):
+            await asyncio.sleep(60)
+
+        async def embed(self, items, dimensions, cost=0):
+            if items[0].text == "die":
+                os._exit(1)
+            await asyncio.sleep(60)
+
+    handle = serve.run(Broken.bind(), name="omniret-broken", route_prefix=None)
+    try:
+        backend = HandleBackend(handle, handle, "broken", 4, timeout_s=2, health_timeout_s=1)
+        client = TestClient(create_api(backend, service["cfg"]))
+        response = client.post("/v1/embeddings", json={"input": "hang"})
+        assert response.status_code == 504 and "did not answer within 2 s" in response.json()["error"]["message"]
+        health = client.get("/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+        assert "did not answer" in health.json()["deployments"]["embedder"]
+        response = client.post("/v1/embeddings", json={"input": "die"})
+        assert response.status_code == 503 and response.json()["error"]["type"] == "server_error"
+    finally:
+        serve.delete("omniret-broken")
     _still_serving(service)
 
 

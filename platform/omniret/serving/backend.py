@@ -207,9 +207,14 @@ class HandleBackend:
             raise ServerError(f"the {what} did not answer within {timeout_s:g} s", 504) from None
         except ServerError:
             raise
-        except Exception as exc:  # a replica that died mid-call, a deployment being redeployed
+        except Exception as exc:
+            from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
             log.error("%s call failed: %r", what, exc)
-            raise ServerError(f"the {what} is unavailable; retry shortly", 503) from None
+            if isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError)):
+                # The replica died mid-call or is being replaced; Serve starts a new one.
+                raise ServerError(f"the {what} is unavailable; retry shortly", 503) from None
+            raise ServerError(f"the {what} failed; see the server log", 500) from None
 
     async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0) -> Outcome:
         return await self._call(self.embedder.embed.remote(items, dimensions, cost), "embedder", self.timeout_s)
