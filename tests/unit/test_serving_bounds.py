@@ -186,3 +186,23 @@ def test_pdf_pages_are_sized_from_the_page_tree(setup):
     body = {"input": [{"content": [{"type": "pdf_page", "pdf_page": {"url": str(pdf), "page": 3}}]}]}
     error = _refused(setup["client"].post("/v1/embeddings", json=body), 400, "input[0].content[0].pdf_page.page")
     assert "1 pages" in error["message"]
+
+
+def test_a_merged_forward_pass_that_fails_is_retried_request_by_request(setup):
+    """Fault injection: the model raises (as on running out of memory) whenever a batch holds the long
+    item; the other requests merged with it still get their vectors."""
+    from omniret.models.embedder import Embedder
+
+    class FailsOnLongItems(Embedder):
+        def encode_prepared(self, encoded, dimensions=None, progress=None):
+            if any(len(e) > 100 for e in encoded):
+                raise RuntimeError("out of memory")
+            return super().encode_prepared(encoded, dimensions, progress)
+
+    real = setup["embedder"]
+    model = FailsOnLongItems(real.backbone, real.encoder.media, real.embed_cfg, real.template.name)
+    short, long = [Item(text="a red circle", name="input[0]")], [Item(text="word " * 200, name="input[0]")]
+    outcomes = embed_jobs(model, [(short, None, 0), (long, None, 0), (short, 4, 0)])
+    np.testing.assert_allclose(outcomes[0].values, real.encode(["a red circle"], progress=False), atol=1e-6)
+    assert outcomes[1].values is None and outcomes[1].status == 500
+    assert outcomes[2].values.shape == (1, 4)
