@@ -137,6 +137,9 @@ CASES = [
     ("remote URL", "/v1/embeddings", lambda f: {"input": [{"content": [_image("http://127.0.0.1:1/x.png")]}]},
      (400,), "input[0].content[0].image_url"),
     ("pdf page out of the root", "/search", lambda f: {"pdf_page": {"url": "/etc/../etc/hostname"}}, (403,), "pdf_page"),
+    ("query syntax and quotes in search text and filters: a correct 200", "/search",
+     lambda f: {"text": 'AND OR NOT ( "unbalanced * a:b \\', "mode": "hybrid", "source_prefix": "x' OR 1=1 --"},
+     (200,), None),
     ("file URI inside: a correct 200", "/v1/embeddings",
      lambda f: {"input": [{"content": [_image(f"file://{f['red']}")]}]}, (200,), None),
 ]
