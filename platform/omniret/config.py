@@ -63,6 +63,9 @@ class MediaConfig(Section):
     max_file_bytes: int = Field(200 * 2**20, ge=1, description="Files larger than this are refused.")
     max_image_pixels: int = Field(
         64 * 2**20, ge=1, description="Decoded image area above which an image is refused.")
+    max_video_frame_pixels: int = Field(
+        3840 * 2160, ge=1, description="Video frame area above which a video is refused, read from the "
+        "container header before decoding.")
 
     @model_validator(mode="after")
     def _check_order(self) -> MediaConfig:
@@ -248,6 +251,20 @@ class ServeConfig(Section):
     allowed_types: list[Literal["image", "video", "pdf"]] = ["image", "video", "pdf"]
     upload_dir: str = Field(".omniret/uploads", description="Where files ingested through the API are kept.")
     rerank_candidates: int = Field(50, ge=1, description="Most vector hits a search may rerank.")
+    # Work bounds, checked from headers before anything is decoded.
+    max_parts: int = Field(16, ge=1, description="Content parts in one input.")
+    max_images: int = Field(8, ge=1, description="Images in one input.")
+    max_request_visuals: int = Field(64, ge=1, description="Images, videos and PDF pages in one request.")
+    max_request_pixels: int = Field(
+        64 * 2**20, ge=1, description="Source pixels one request may decode: image sizes from their headers, "
+        "sampled video frames x the declared frame size, PDF pages at media.pdf_dpi.")
+    max_batch_pixels: int = Field(
+        128 * 2**20, ge=1, description="Source pixels a model replica decodes at once; a dynamic batch over "
+        "it is decoded and embedded in turns.")
+    max_instruction_chars: int = Field(2000, ge=1)
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait for a model call (and an HTTP request) before a 504/408.")
+    health_timeout_s: float = Field(5.0, gt=0, description="How long /healthz waits for each model replica.")
     embedder: DeploymentConfig = DeploymentConfig()
     reranker: DeploymentConfig = DeploymentConfig(max_batch_size=8)
     ingress: DeploymentConfig = DeploymentConfig(num_cpus=0.5)
