@@ -275,7 +275,7 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
             raise InputError("files", f"at most {serve_cfg.max_inputs} files per request", 413)
         with parser() as inputs:
             paths = await asyncio.to_thread(save_uploads, request.files, inputs, serve_cfg.upload_dir)
-        job_id = ingestor.submit(paths)
+        job_id = await asyncio.to_thread(ingestor.submit, paths)  # an actor call: off the event loop
         return {"job_id": job_id, "status": "running", "files": [p.name for p in paths]}
 
     @app.get("/v1/ingest/{job_id}")
