@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
+import struct
 from pathlib import Path
 
 import pyarrow as pa
@@ -51,3 +52,29 @@ def build_index(cfg: OmniretConfig, embedder, folder: Path) -> dict[str, str]:
     store.upsert(pa.Table.from_pylist(records, schema=items_schema(len(records[0]["vector"]), embedder.model_id)))
     store.maintain()
     return ids
+
+
+def forge_mp4(data: bytes, *, size: tuple[int, int] | None = None, timescale_factor: int | None = None) -> bytes:
+    """An MP4 whose header lies: every track and visual sample entry declares ``size``, and/or the
+    media timescale is multiplied by ``timescale_factor`` (a forged, much higher frame rate)."""
+    buf = bytearray(data)
+    if size is not None:
+        w, h = size
+        at = buf.find(b"tkhd")
+        while at >= 0:
+            payload = at + 4
+            offset = 76 if buf[payload] == 0 else 88
+            buf[payload + offset:payload + offset + 8] = struct.pack(">II", w << 16, h << 16)
+            at = buf.find(b"tkhd", at + 4)
+        for codec in (b"mp4v", b"avc1"):
+            at = buf.find(codec)
+            if at >= 0:
+                entry = at - 4
+                buf[entry + 32:entry + 36] = struct.pack(">HH", min(w, 65535), min(h, 65535))
+    if timescale_factor is not None:
+        at = buf.find(b"mdhd")
+        payload = at + 4
+        offset = 12 if buf[payload] == 0 else 20
+        (scale,) = struct.unpack(">I", buf[payload + offset:payload + offset + 4])
+        buf[payload + offset:payload + offset + 4] = struct.pack(">I", scale * timescale_factor)
+    return bytes(buf)

@@ -1,42 +1,21 @@
-"""Real Ray Serve on 127.0.0.1: the official OpenAI client, rerank, search, malformed inputs."""
+"""Real Ray Serve on 127.0.0.1 (the ``service`` fixture of conftest.py): the official OpenAI client,
+rerank, search, malformed inputs."""
 
 from __future__ import annotations
 
 import httpx
 import numpy as np
 import pytest
-from netutil import free_port
 from PIL import Image
-from serving_fixtures import build_index, data_uri, png_bytes
+from serving_fixtures import data_uri, png_bytes
 
 from omniret.items import Item
-from omniret.models.embedder import Embedder
 
 pytestmark = pytest.mark.slow
 
 
-
-@pytest.fixture(scope="module")
-def service(ray_session, tmp_path_factory, make_config, backbones, tiny_dirs):
-    from ray import serve
-
-    from omniret.serving.app import build_app
-
-    root = tmp_path_factory.mktemp("served")
-    port = free_port()
-    # The reranker is a checkpoint of its own (another tiny model), not the embedder's.
-    cfg = make_config("qwen2_vl", f"rerank.model.path={tiny_dirs['qwen3_vl']}",
-                      f"index.uri={root / 'db'}", f"serve.port={port}", "embed.progress=false",
-                      # Leave room on the 2-CPU test cluster for an ingest run (decode task: 1 CPU).
-                      "serve.embedder.num_cpus=0.25", "serve.reranker.num_cpus=0.25", "serve.ingress.num_cpus=0.1",
-                      "ingest.embed_cpus=0.25", f"serve.upload_dir={root / 'uploads'}",
-                      "serve.max_video_frames=16", "media.max_image_pixels=250000", "index.read_consistency_s=0")
-    embedder = Embedder(backbones["qwen2_vl"], cfg.media, cfg.embed, cfg.model.template)
-    ids = build_index(cfg, embedder, root / "media")
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"settings": cfg.model_dump()}), name="omniret-test", route_prefix="/")
-    yield {"url": f"http://127.0.0.1:{port}", "embedder": embedder, "ids": ids, "root": root}
-    serve.delete("omniret-test")
+# The reranker is a checkpoint of its own (another tiny model), not the embedder's.
+SERVICE_OVERRIDES = ["rerank.model.path={tiny[qwen3_vl]}"]
 
 
 def _cos(a, b) -> np.ndarray:
@@ -93,7 +72,9 @@ def test_search_returns_the_known_item(service):
     ({"input": "x", "unknown_field": True}, 422),
     ({"input": [{"content": [{"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]}, 403),
     ({"input": [{"content": [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA",
-                                                                   "num_frames": 999}}]}]}, 415),
+                                                                   "num_frames": 8}}]}]}, 415),
+    ({"input": [{"content": [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA",
+                                                                   "num_frames": 999}}]}]}, 400),
 ])
 def test_malformed_inputs_get_4xx_json_and_the_service_keeps_serving(service, payload, status):
     response = httpx.post(f"{service['url']}/v1/embeddings", json=payload, timeout=60)

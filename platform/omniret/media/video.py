@@ -4,6 +4,11 @@ Reading goes through decord only. The index arithmetic (:func:`frame_indices`,
 :func:`plan_clips`) is pure so it can be tested and reused without a video file. Every problem
 with a file (missing, empty, too large, not a video, truncated, corrupt, a time window outside
 it) raises :class:`~omniret.errors.MediaError` naming the path.
+
+Untrusted files cannot make decoding expensive: the frame size is read from the container header
+before a decoder opens (``max_frame_pixels``; a header that declares none is checked on the first
+decoded frame), and the duration is the frame count over a frame rate clamped to ``SANE_FPS``, so
+a forged rate cannot make a long video pass for a short one.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ import numpy as np
 
 from omniret.errors import MediaError
 from omniret.media.sniff import HEAD_BYTES, check_file, detect_kind
+from omniret.media.video_header import declared_size
 
 DEFAULT_MAX_BYTES = 2 * 2**30
+#: Frame rates outside this range are taken as forged or broken and clamped (frames per second).
+SANE_FPS = (0.1, 240.0)
 
 # Top-level boxes of ISO base media files (MP4, MOV) whose first box is one of these.
 _EBML_ID = b"\x1a\x45\xdf\xa3"  # Matroska/WebM files start with an EBML header...
@@ -33,11 +41,14 @@ _ISO_FIRST_BOXES = {b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What decord reports about a video: frame count, average frame rate, length in seconds."""
+    """What decord reports about a video: frame count, frame rate (clamped to ``SANE_FPS``), length in
+    seconds (frame count / rate), and the frame size its container declares (None: declares none)."""
 
     num_frames: int
     fps: float
     duration: float
+    width: int | None = None
+    height: int | None = None
 
 
 @dataclass
@@ -57,9 +68,14 @@ class VideoFrames:
     end: float
 
 
-def probe_video(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> VideoInfo:
-    """Open the video at ``path`` and return its frame count, frame rate and duration."""
-    return _info(_open_reader(path, max_bytes), str(path))
+def probe_video(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES,
+                max_frame_pixels: int | None = None) -> VideoInfo:
+    """Open the video at ``path`` and return its frame count, frame rate, duration and frame size.
+
+    Refuses a declared frame size over ``max_frame_pixels`` before opening a decoder.
+    """
+    reader, size = _open_reader(path, max_bytes, max_frame_pixels)
+    return _info(reader, str(path), size)
 
 
 def frame_indices(
@@ -124,21 +140,26 @@ def read_frames(
     fps: float = 1.0,
     max_frames: int = 64,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_frame_pixels: int | None = None,
 ) -> VideoFrames:
     """Decode the frames :func:`frame_indices` picks from the video at ``path``.
 
-    Raises ``ValueError`` for bad sampling arguments and :class:`MediaError` for any problem
-    with the file or the requested window.
+    ``max_frame_pixels`` refuses larger frames: by the container header before decoding, or, when
+    the header declares no size, after decoding the first frame alone. Raises ``ValueError`` for
+    bad sampling arguments and :class:`MediaError` for any problem with the file or the window.
     """
     _check_sampling_args(num_frames, fps, max_frames)
     source = str(path)
-    reader = _open_reader(path, max_bytes)
-    info = _info(reader, source)
+    reader, size = _open_reader(path, max_bytes, max_frame_pixels)
+    info = _info(reader, source, size)
     try:
         t0, t1 = _resolve_window(info, start, end)
     except ValueError as e:
         raise MediaError(source, str(e)) from None
     indices = frame_indices(info, start=t0, end=t1, num_frames=num_frames, fps=fps, max_frames=max_frames)
+    if max_frame_pixels is not None and size is None:
+        first = _decode(reader, indices[:1], source)
+        _check_frame_size(first.shape[2], first.shape[1], max_frame_pixels, source, "decoded")
     frames = _decode(reader, indices, source)
     return VideoFrames(
         frames=frames,
@@ -173,10 +194,22 @@ def _resolve_window(info: VideoInfo, start: float | None, end: float | None) -> 
     return t0, min(t1, info.duration)
 
 
-def _open_reader(path: str | os.PathLike[str], max_bytes: int) -> decord.VideoReader:
-    """Check the file, then open it with decord; refuse images, PDFs and cut-short MP4/MOV/AVI/MKV."""
+def _check_frame_size(width: int, height: int, limit: int, source: str, how: str) -> None:
+    if width * height > limit:
+        raise MediaError(source, f"{how} frame size {width}x{height} = {width * height} pixels exceeds the "
+                                 f"limit of {limit}")
+
+
+def _open_reader(path: str | os.PathLike[str], max_bytes: int, max_frame_pixels: int | None = None
+                 ) -> tuple[decord.VideoReader, tuple[int, int] | None]:
+    """Check the file and its declared frame size, then open it with decord.
+
+    Refuses images, PDFs, cut-short MP4/MOV/AVI/MKV and frames over ``max_frame_pixels``; returns
+    the reader and the declared (width, height), if any.
+    """
     source = str(path)
     size = check_file(path, max_bytes)
+    declared = None
     try:
         with Path(path).open("rb") as fp:
             head = fp.read(HEAD_BYTES)
@@ -192,11 +225,17 @@ def _open_reader(path: str | os.PathLike[str], max_bytes: int) -> decord.VideoRe
                 _check_riff_size(head, size, source)
             elif head.startswith(_EBML_ID):
                 _check_ebml_segment(fp, size, source)
+            try:
+                declared = declared_size(fp, size)
+            except (struct.error, ValueError):
+                declared = None  # a header this parser cannot read; the decoded frame is checked instead
     except OSError as e:
         raise MediaError(source, f"cannot read file: {e.strerror or e}") from None
+    if declared is not None and max_frame_pixels is not None:
+        _check_frame_size(*declared, max_frame_pixels, source, "declared")
     try:
         # One decoding thread: readers run inside Ray workers that each own a CPU already.
-        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1), declared
     except Exception as e:
         raise MediaError(source, f"cannot open as a video (not a video, or corrupt): {_short(e)}") from None
 
@@ -278,14 +317,18 @@ def _read_vint(buf: bytes, pos: int) -> tuple[int | None, int]:
     return value, pos + length
 
 
-def _info(reader: decord.VideoReader, source: str) -> VideoInfo:
+def _info(reader: decord.VideoReader, source: str, size: tuple[int, int] | None = None) -> VideoInfo:
     num_frames = len(reader)
     if num_frames <= 0:
         raise MediaError(source, "no readable frames (empty or truncated video)")
     fps = float(reader.get_avg_fps())
     if not (math.isfinite(fps) and fps > 0):
         raise MediaError(source, f"no valid frame rate (got {fps})")
-    return VideoInfo(num_frames=num_frames, fps=fps, duration=num_frames / fps)
+    # The rate is the file's own claim: clamped, a forged one cannot shrink the duration below
+    # num_frames / SANE_FPS[1], which is what limits on seconds rely on.
+    fps = min(max(fps, SANE_FPS[0]), SANE_FPS[1])
+    width, height = size if size is not None else (None, None)
+    return VideoInfo(num_frames=num_frames, fps=fps, duration=num_frames / fps, width=width, height=height)
 
 
 def _decode(reader: decord.VideoReader, indices: np.ndarray, source: str) -> np.ndarray:

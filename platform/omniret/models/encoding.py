@@ -1,13 +1,19 @@
 """Turn items into model inputs: decode media, patchify, render the prompt, tokenize, collate.
 
-Token ids are assembled directly: text pieces go through the tokenizer, each visual contributes its
-pad-token run (one per merged patch). Tokenizing a string of thousands of pad tokens would be slow,
-and user text is scrubbed of special-token strings first so it can never forge a visual placeholder.
+Token ids are assembled, never parsed out of a prompt string: the template's own special tokens are
+looked up by id, each visual contributes its pad-token run (one per merged patch), and all other
+text goes through a copy of the tokenizer whose special tokens are split as plain text
+(``encode_special_tokens``, what HF calls ``split_special_tokens``). So user text (instructions,
+item text, PDF page text), however it nests or splits ``<|...|>`` strings, can never become a
+control token or a visual placeholder. Text between two template special tokens is tokenized as
+one run, exactly where the stock tokenizer would split it, so ordinary prompts get the same ids as
+tokenizing the rendered prompt.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +26,10 @@ from omniret.errors import MediaError
 from omniret.items import Item, PageRef, VideoRef
 from omniret.media.image import load_image
 from omniret.models.families import Family
-from omniret.models.prompts import IMAGE_SPAN, VIDEO_SPAN, PromptTemplate
+from omniret.models.prompts import TEMPLATE, USER, VISUAL, PromptTemplate
 from omniret.models.vision import VisionSpec, image_patches, merged_tokens, video_patches
 
-_SPAN_RE = re.compile(f"({re.escape(IMAGE_SPAN)}|{re.escape(VIDEO_SPAN)})")
-_SPECIAL_RE = re.compile(r"<\|[A-Za-z0-9_]+\|>")
+Part = tuple[str, "str | int"]  # (TEMPLATE | USER, text) or (VISUAL, index into the visuals)
 
 
 @dataclass
@@ -49,9 +54,34 @@ class Encoded:
         return len(self.input_ids)
 
 
-def scrub(text: str | None) -> str:
-    """Remove special-token strings from user text (they would be parsed as control tokens)."""
-    return _SPECIAL_RE.sub("", text) if text else ""
+class PlainText:
+    """Tokenizes text with every special token split as plain text; thread-safe.
+
+    HF's ``split_special_tokens`` call argument flips a flag on the tokenizer's shared backend on
+    every call, so concurrent callers could race; this keeps its own backend copy with the flag
+    fixed. Slow tokenizers (no backend) fall back to the call argument.
+    """
+
+    def __init__(self, tokenizer):
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._backend = None
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            self._backend = Tokenizer.from_str(backend.to_str())
+            self._backend.encode_special_tokens = True
+        self._tokenizer = tokenizer
+        special = {tid for tid, tok in getattr(tokenizer, "added_tokens_decoder", {}).items()
+                   if getattr(tok, "special", False)}
+        #: ids no user text may produce: every special token the tokenizer knows.
+        self.special_ids = frozenset(special | set(tokenizer.all_special_ids))
+
+    def __call__(self, text: str) -> list[int]:
+        if not text:
+            return []
+        if self._backend is not None:
+            return self._backend.encode(text, add_special_tokens=False).ids
+        return self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 class InputEncoder:
@@ -70,6 +100,11 @@ class InputEncoder:
         self.video_id = tokenizer.convert_tokens_to_ids("<|video_pad|>")
         self.vision_start_id = tokenizer.convert_tokens_to_ids("<|vision_start|>")
         self.vision_end_id = tokenizer.convert_tokens_to_ids("<|vision_end|>")
+        self.plain = PlainText(tokenizer)
+        # Template text is trusted: its special-token strings are found by name, longest first.
+        names = sorted(tokenizer.convert_ids_to_tokens(sorted(self.plain.special_ids)), key=len, reverse=True)
+        self._special_by_name = {name: tokenizer.convert_tokens_to_ids(name) for name in names}
+        self._template_special_re = re.compile("(" + "|".join(re.escape(n) for n in names) + ")")
 
     # ---- media -------------------------------------------------------------------------------
     def _image(self, image, source: str, max_pixels: int | None = None) -> Visual:
@@ -89,7 +124,8 @@ class InputEncoder:
             ref = video if isinstance(video, VideoRef) else VideoRef(video)
             read = read_frame_dir if Path(ref.path).is_dir() else read_frames  # MMEB ships frame folders
             frames = read(ref.path, start=ref.start, end=ref.end, num_frames=ref.num_frames or m.video_frames,
-                         fps=m.video_fps, max_frames=m.video_max_frames, max_bytes=m.max_file_bytes)
+                         fps=m.video_fps, max_frames=m.video_max_frames, max_bytes=m.max_file_bytes,
+                         **({} if read is read_frame_dir else {"max_frame_pixels": m.max_video_frame_pixels}))
         if len(frames.frames) > m.video_max_frames:
             raise MediaError(source, f"{len(frames.frames)} frames exceed media.video_max_frames="
                                      f"{m.video_max_frames}")
@@ -115,9 +151,12 @@ class InputEncoder:
         return self._image(rendered.image, source), rendered.text
 
     def visuals_and_text(self, item: Item, name: str) -> tuple[list[Visual], str]:
-        """Decode every medium of ``item`` (videos first, then images, then the page, as Qwen orders them)."""
+        """Decode every medium of ``item`` (videos first, then images, then the page, as Qwen orders them).
+
+        The text returned is user text (item text, then the page's text layer), still untrusted.
+        """
         visuals: list[Visual] = []
-        text = scrub(item.text)
+        text = item.text or ""
         if item.video is not None:
             path = getattr(item.video, "path", item.video)
             visuals += self._video(item.video, _describe(f"{name} video", path))
@@ -128,7 +167,7 @@ class InputEncoder:
             visual, page_text = self._page(item.page, source)
             visuals.append(visual)
             if page_text:
-                text = f"{text}\n{scrub(page_text)}" if text else scrub(page_text)
+                text = f"{text}\n{page_text}" if text else page_text
         return visuals, text
 
     # ---- tokens ------------------------------------------------------------------------------
@@ -148,17 +187,53 @@ class InputEncoder:
             self.vision_end_id]
 
     def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        """Token ids of ``text`` with any special-token string in it kept as plain text."""
+        return self.plain(text)
 
-    def ids_with_visuals(self, text: str, visuals: list[Visual]) -> list[int]:
-        """Tokenize ``text`` whose visual spans (in order) stand for ``visuals``."""
+    def assemble(self, parts: Sequence[Part], visuals: Sequence[Visual], name: str) -> list[int]:
+        """Token ids of a prompt given as parts (see ``PromptTemplate.render_parts``).
+
+        Template text contributes its special tokens by id; runs of text between them (template
+        and user text alike) are tokenized with special tokens split, so user text cannot produce
+        one; every visual must be placed exactly once.
+        """
         ids: list[int] = []
-        remaining = iter(visuals)
-        for piece in _SPAN_RE.split(text):
-            if piece in (IMAGE_SPAN, VIDEO_SPAN):
-                ids += self.visual_ids(next(remaining))
+        run: list[str] = []
+        placed: list[int] = []
+
+        def flush() -> None:
+            if run:
+                ids.extend(self.user_ids("".join(run), name))
+                run.clear()
+
+        for kind, value in parts:
+            if kind == VISUAL:
+                if not isinstance(value, int) or not 0 <= value < len(visuals):
+                    raise MediaError(name, f"the prompt refers to visual {value} but the item has {len(visuals)}")
+                flush()
+                ids.extend(self.visual_ids(visuals[value]))
+                placed.append(value)
+            elif kind == USER:
+                run.append(str(value))
+            elif kind == TEMPLATE:
+                for piece in self._template_special_re.split(str(value)):
+                    if piece in self._special_by_name:
+                        flush()
+                        ids.append(self._special_by_name[piece])
+                    elif piece:
+                        run.append(piece)
             else:
-                ids += self.tokenize(piece)
+                raise ValueError(f"unknown prompt part kind {kind!r}")
+        flush()
+        if sorted(placed) != list(range(len(visuals))):
+            raise MediaError(name, f"the prompt places visuals {placed} but the item has {len(visuals)}")
+        return ids
+
+    def user_ids(self, text: str, name: str) -> list[int]:
+        """Ids of user text alone; a tokenizer that still produced a special token is refused."""
+        ids = self.tokenize(text)
+        if self.plain.special_ids.intersection(ids):
+            raise MediaError(name, "text maps to control tokens in this tokenizer")
         return ids
 
     def encode(self, item: Item, index: int = 0) -> Encoded:
@@ -167,17 +242,15 @@ class InputEncoder:
         if not (item.text or "").strip() and not item.images and item.video is None and item.page is None:
             raise MediaError(name, "empty item: no text, image, video or PDF page")
         visuals, text = self.visuals_and_text(item, name)
-        spans = [IMAGE_SPAN if v.kind == "image" else VIDEO_SPAN for v in visuals]
-        head, body, tail = self.template.render(text, spans, scrub(item.instruction) if item.instruction
-                                                else None)
-        head_ids = self.ids_with_visuals(head, visuals)
-        tail_ids = self.tokenize(tail)
+        parts, body, tail = self.template.render_parts(text, len(visuals), item.instruction)
+        head_ids = self.assemble(parts, visuals, name)
+        tail_ids = self.assemble([(TEMPLATE, tail)], [], name)
         room = self.max_length - len(head_ids) - len(tail_ids)
         if room < 0:
             raise MediaError(name, f"needs {len(head_ids) + len(tail_ids)} tokens before any text but "
                                    f"model.max_length is {self.max_length}; lower media.max_pixels or "
                                    "the video frame budget")
-        body_ids = self.tokenize(body)[:room]
+        body_ids = self.user_ids(body, name)[:room]
         return Encoded(head_ids + body_ids + tail_ids, visuals)
 
     # ---- batches -----------------------------------------------------------------------------

@@ -17,6 +17,9 @@ from typing import Literal
 
 IMAGE_SPAN = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO_SPAN = "<|vision_start|><|video_pad|><|vision_end|>"
+# Where a piece of a rendered prompt came from (see PromptTemplate.render_parts).
+TEMPLATE, USER, VISUAL = "template", "user", "visual"
+_FIELD_RE = re.compile(r"(\{system\}|\{visuals\})")
 
 
 @dataclass(frozen=True)
@@ -50,18 +53,39 @@ class PromptTemplate:
 
     def render(self, text: str | None, visual_spans: list[str], instruction: str | None) -> tuple[str, str, str]:
         """Return (head, body, tail) strings; body is the truncatable user text."""
+        parts, body, tail = self.render_parts(text, len(visual_spans), instruction)
+        head = "".join(visual_spans[value] if kind == VISUAL else value for kind, value in parts)
+        return head, body, tail
+
+    def render_parts(self, text: str | None, num_visuals: int, instruction: str | None
+                     ) -> tuple[list[tuple[str, str | int]], str, str]:
+        """Like :meth:`render`, but the head stays in parts that say where each piece came from.
+
+        Head parts are ``(TEMPLATE, text)``, ``(USER, text)`` or ``(VISUAL, index)``; the body is
+        user text and the tail template text. The encoder tokenizes user text so that special-token
+        strings in it stay plain text, and places visuals itself, so a request can never forge a
+        control token or a visual placeholder.
+        """
         inst = self.instruction(instruction)
         text = text or ""
         if self.instruction_in == "system":
-            system, body = inst, text
+            system: tuple[str, str] = (USER, inst)
+            body = text
         else:
-            system = self.system_when_body
+            system = (TEMPLATE, self.system_when_body)
             body = f"{inst}{self.instruction_separator}{text}" if inst else text
-        if not body.strip() and not visual_spans and self.empty_text:
+        if not body.strip() and not num_visuals and self.empty_text:
             body = self.empty_text
         head, tail = self.layout.split("{body}")
-        head = head.format(system=system, visuals="".join(visual_spans))
-        return head, body, tail
+        parts: list[tuple[str, str | int]] = []
+        for piece in _FIELD_RE.split(head):
+            if piece == "{system}":
+                parts.append(system)
+            elif piece == "{visuals}":
+                parts += [(VISUAL, i) for i in range(num_visuals)]
+            elif piece:
+                parts.append((TEMPLATE, piece))
+        return parts, body, tail
 
 
 TEMPLATES: dict[str, PromptTemplate] = {

@@ -7,6 +7,8 @@ whole vocabulary. Prompts are left-padded so the scored position is -1 for every
 
 Truncation never cuts special tokens (visual placeholders, chat markers) nor the final assistant
 header (the last ``TAIL_KEEP`` tokens); it drops plain text tokens from the middle of the prompt.
+The query's media are decoded once per ``score`` call, not once per document, and all user text
+(instruction, query, documents) is tokenized as plain text (see ``omniret.models.encoding``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from omniret.config import MediaConfig, OmniretConfig, RerankConfig
 from omniret.errors import ConfigError, MediaError
 from omniret.items import Item, as_item
 from omniret.models.backbone import Backbone, forward_hidden, load_backbone, model_tag, unwrap
-from omniret.models.encoding import Encoded, InputEncoder, scrub
+from omniret.models.encoding import Encoded, InputEncoder, Part, Visual
 from omniret.models.pooling import last_token_pool
-from omniret.models.prompts import IMAGE_SPAN, RERANK_HEAD, RERANK_TAIL, VIDEO_SPAN, get_template
+from omniret.models.prompts import RERANK_HEAD, RERANK_TAIL, TEMPLATE, USER, VISUAL, get_template
 
 TAIL_KEEP = 5  # "<|im_end|>", "\n", "<|im_start|>", "assistant", "\n"
 
@@ -103,23 +105,34 @@ class Reranker:
         """(H,) weight of the collapsed head: W_lm[yes] - W_lm[no]."""
         return self.network.binary_head()
 
-    def _side(self, label: str, item: Item, name: str) -> tuple[str, list]:
+    def _side(self, label: str, item: Item, name: str, first: int) -> tuple[list[Part], list[Visual]]:
+        """Decode one side of a pair once: its prompt parts (visual indices from ``first``) and visuals."""
         visuals, text = self.encoder.visuals_and_text(item, name)
-        spans = "".join(IMAGE_SPAN if v.kind == "image" else VIDEO_SPAN for v in visuals)
-        return f"{label}{spans}{text}", visuals
+        parts: list[Part] = [(TEMPLATE, label)]
+        parts += [(VISUAL, first + i) for i in range(len(visuals))]
+        parts.append((USER, text))
+        return parts, visuals
 
     def encode_pair(self, query: Item, document: Item, instruction: str | None, index: int = 0) -> Encoded:
-        q_text, q_vis = self._side("<Query>:", query, query.name or f"query {index}")
-        d_text, d_vis = self._side("\n<Document>:", document, document.name or f"document {index}")
-        inst = scrub(instruction) if instruction is not None else self.cfg.instruction
-        prompt = f"{RERANK_HEAD}<Instruct>: {inst}{q_text}{d_text}{RERANK_TAIL}"
-        visuals = q_vis + d_vis
-        ids = self.encoder.ids_with_visuals(prompt, visuals)
-        try:
-            ids = truncate_middle(ids, self.cfg.max_length, self.protected)
-        except ValueError as exc:
-            raise MediaError(f"pair {index}", f"{exc}; lower media budgets or raise rerank.max_length") from exc
-        return Encoded(ids, visuals)
+        return self._pairs(query, [document], instruction, start=index)[0]
+
+    def _pairs(self, query: Item, documents: Sequence[Item], instruction: str | None, start: int = 0
+               ) -> list[Encoded]:
+        """Encode (query, document) pairs; the query's media are decoded once for all documents."""
+        q_parts, q_vis = self._side("<Query>:", query, query.name or "query", 0)
+        inst = instruction if instruction is not None else self.cfg.instruction
+        head: list[Part] = [(TEMPLATE, f"{RERANK_HEAD}<Instruct>: "), (USER, inst), *q_parts]
+        pairs = []
+        for i, document in enumerate(documents, start):
+            d_parts, d_vis = self._side("\n<Document>:", document, document.name or f"document {i}", len(q_vis))
+            visuals = q_vis + d_vis
+            ids = self.encoder.assemble([*head, *d_parts, (TEMPLATE, RERANK_TAIL)], visuals, f"pair {i}")
+            try:
+                ids = truncate_middle(ids, self.cfg.max_length, self.protected)
+            except ValueError as exc:
+                raise MediaError(f"pair {i}", f"{exc}; lower media budgets or raise rerank.max_length") from exc
+            pairs.append(Encoded(ids, visuals))
+        return pairs
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B,) logit_yes - logit_no at the last position."""
@@ -129,8 +142,7 @@ class Reranker:
     def score(self, query: Item | str, documents: Sequence[Item | str], instruction: str | None = None
               ) -> np.ndarray:
         """Relevance in (0, 1) of each document to the query."""
-        query = as_item(query)
-        pairs = [self.encode_pair(query, as_item(doc), instruction, i) for i, doc in enumerate(documents)]
+        pairs = self._pairs(as_item(query), [as_item(doc) for doc in documents], instruction)
         scores = np.zeros(len(pairs), dtype=np.float32)
         for start in range(0, len(pairs), self.cfg.batch_size):
             chunk = pairs[start:start + self.cfg.batch_size]

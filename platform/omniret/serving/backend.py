@@ -5,39 +5,64 @@ The routes depend on :class:`Backend` only, so the same FastAPI app runs inside 
 (``LocalBackend``: the model in this process), which is also the single-process baseline of the
 serving benchmark.
 
-Model calls return :class:`Outcome` values rather than raising, so one request's bad image fails
-that request alone, never the dynamic batch it was merged into.
+Model calls return :class:`Outcome` values rather than raising, so one request's bad image (or any
+other exception) fails that request alone, never the dynamic batch it was merged into; handle calls
+time out after ``serve.request_timeout_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from omniret.errors import MediaError
+from omniret.errors import MediaError, OmniretError
 from omniret.items import Item
 from omniret.models.pooling import matryoshka
+
+log = logging.getLogger(__name__)
+
+
+class ServerError(OmniretError):
+    """A failure of the service itself (not of the request's input): answered with a 5xx."""
+
+    def __init__(self, message: str, status: int = 500):
+        self.message, self.status = message, status
+        super().__init__(message)
 
 
 @dataclass
 class Outcome:
-    """Vectors or scores for one request, or the error that stopped it."""
+    """Vectors or scores for one request, or the error that stopped it.
+
+    ``status`` says whose fault an error is: 400 the request's input, 5xx the service.
+    """
 
     values: np.ndarray | None = None
     error_source: str | None = None
     error_reason: str | None = None
+    status: int = 200
 
     @classmethod
-    def failed(cls, exc: MediaError) -> Outcome:
-        return cls(None, exc.source, exc.reason)
+    def failed(cls, exc: Exception, source: str = "input") -> Outcome:
+        if isinstance(exc, MediaError):
+            return cls(None, exc.source, exc.reason, 400)
+        if isinstance(exc, (ValueError, OverflowError, SyntaxError, EOFError)):
+            # Raised while decoding this request's media by a library that does not say MediaError.
+            log.warning("unusable input in %s: %r", source, exc)
+            return cls(None, source, "the input could not be decoded", 400)
+        log.error("model call failed for %s", source, exc_info=exc)
+        return cls(None, source, "the model failed on this request; see the server log", 500)
 
     def unwrap(self) -> np.ndarray:
-        if self.values is None:
-            raise MediaError(self.error_source or "input", self.error_reason or "failed")
-        return self.values
+        if self.values is not None:
+            return self.values
+        if self.status >= 500:
+            raise ServerError(self.error_reason or "internal error", self.status)
+        raise MediaError(self.error_source or "input", self.error_reason or "failed")
 
 
 class Backend(Protocol):
@@ -45,32 +70,75 @@ class Backend(Protocol):
     dim: int
     rerank_model_id: str | None  # the reranker's (its own checkpoint); None: no reranker
 
-    async def embed(self, items: list[Item], dimensions: int | None) -> Outcome: ...
+    async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0) -> Outcome: ...
 
-    async def rerank(self, query: Item, documents: list[Item], instruction: str | None) -> Outcome: ...
+    async def rerank(self, query: Item, documents: list[Item], instruction: str | None,
+                     cost: int = 0) -> Outcome: ...
 
 
-def embed_jobs(embedder, jobs: list[tuple[list[Item], int | None]]) -> list[Outcome]:
-    """Embed several requests' items together (one token-budget plan); one Outcome per request."""
+def turns(costs: list[int], budget: int) -> list[list[int]]:
+    """Split jobs (in order) into turns whose summed cost stays within ``budget``; a job over the
+    budget on its own gets a turn of its own."""
+    groups: list[list[int]] = []
+    total = 0
+    for j, cost in enumerate(costs):
+        if groups and total + cost <= budget:
+            groups[-1].append(j)
+            total += cost
+        else:
+            groups.append([j])
+            total = cost
+    return groups
+
+
+def embed_jobs(embedder, jobs: list[tuple[list[Item], int | None, int]], budget: int | None = None
+               ) -> list[Outcome]:
+    """Embed several requests' items together; one Outcome per request, whatever fails.
+
+    Jobs are decoded and embedded in turns of at most ``budget`` source pixels (their ``cost``), so
+    a dynamic batch never holds more decoded media than that. An exception while decoding one
+    request fails that request; one in a merged forward pass is retried request by request, so only
+    the request that causes it fails.
+    """
     outcomes: list[Outcome | None] = [None] * len(jobs)
-    prepared, owners = [], []
-    for j, (items, _) in enumerate(jobs):
-        try:
-            encoded = embedder.prepare(items)
-        except MediaError as exc:
-            outcomes[j] = Outcome.failed(exc)
+    groups = turns([job[2] for job in jobs], budget) if budget else [list(range(len(jobs)))]
+    for group in groups:
+        prepared, owners = [], []
+        for j in group:
+            try:
+                encoded = embedder.prepare(jobs[j][0])
+            except Exception as exc:
+                outcomes[j] = Outcome.failed(exc, _first_name(jobs[j][0]))
+                continue
+            prepared += encoded
+            owners += [j] * len(encoded)
+        if not prepared:
             continue
-        prepared += encoded
-        owners += [j] * len(encoded)
-    vectors = embedder.encode_prepared(prepared, progress=False)
-    owners_arr = np.asarray(owners, dtype=int)
-    for j, (_, dimensions) in enumerate(jobs):
-        if outcomes[j] is None:
-            rows = vectors[owners_arr == j]
-            if dimensions is not None:
-                rows = matryoshka_np(rows, dimensions)
-            outcomes[j] = Outcome(rows)
+        try:
+            vectors = embedder.encode_prepared(prepared, progress=False)
+        except Exception as exc:
+            if len(set(owners)) == 1:
+                outcomes[owners[0]] = Outcome.failed(exc, _first_name(jobs[owners[0]][0]))
+                continue
+            for j in sorted(set(owners)):  # find the request that breaks the batch
+                mine = [e for e, o in zip(prepared, owners, strict=True) if o == j]
+                try:
+                    outcomes[j] = _rows(embedder.encode_prepared(mine, progress=False), jobs[j][1])
+                except Exception as inner:
+                    outcomes[j] = Outcome.failed(inner, _first_name(jobs[j][0]))
+            continue
+        owners_arr = np.asarray(owners, dtype=int)
+        for j in sorted(set(owners)):
+            outcomes[j] = _rows(vectors[owners_arr == j], jobs[j][1])
     return outcomes  # type: ignore[return-value]
+
+
+def _rows(vectors: np.ndarray, dimensions: int | None) -> Outcome:
+    return Outcome(matryoshka_np(vectors, dimensions) if dimensions is not None else vectors)
+
+
+def _first_name(items: list[Item]) -> str:
+    return (items[0].name or "input").split("[")[0] if items else "input"
 
 
 def matryoshka_np(vectors: np.ndarray, dimensions: int) -> np.ndarray:
@@ -79,47 +147,92 @@ def matryoshka_np(vectors: np.ndarray, dimensions: int) -> np.ndarray:
     return matryoshka(torch.from_numpy(vectors), dimensions).numpy()
 
 
-def rerank_jobs(reranker, jobs: list[tuple[Item, list[Item], str | None]]) -> list[Outcome]:
+def rerank_jobs(reranker, jobs: list[tuple[Item, list[Item], str | None, int]]) -> list[Outcome]:
+    """Score each request on its own; any exception stays with its request."""
     outcomes = []
-    for query, documents, instruction in jobs:
+    for query, documents, instruction, _ in jobs:
         try:
             outcomes.append(Outcome(reranker.score(query, documents, instruction)))
-        except MediaError as exc:
-            outcomes.append(Outcome.failed(exc))
+        except Exception as exc:
+            outcomes.append(Outcome.failed(exc, "documents"))
     return outcomes
 
 
 class LocalBackend:
     """The model in this process; calls run in a worker thread so the event loop stays responsive."""
 
-    def __init__(self, embedder, reranker=None):
+    def __init__(self, embedder, reranker=None, batch_pixels: int | None = None):
         self.embedder = embedder
         self.reranker = reranker
         self.model_id = embedder.model_id
         self.rerank_model_id = reranker.model_id if reranker is not None else None
         self.dim = embedder.embed_cfg.dimensions or embedder.dim
+        self.batch_pixels = batch_pixels
         self._lock = asyncio.Lock()  # one model call at a time, like one replica
 
-    async def embed(self, items: list[Item], dimensions: int | None) -> Outcome:
+    async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0) -> Outcome:
         async with self._lock:
-            return (await asyncio.to_thread(embed_jobs, self.embedder, [(items, dimensions)]))[0]
+            return (await asyncio.to_thread(embed_jobs, self.embedder, [(items, dimensions, cost)],
+                                            self.batch_pixels))[0]
 
-    async def rerank(self, query: Item, documents: list[Item], instruction: str | None) -> Outcome:
+    async def rerank(self, query: Item, documents: list[Item], instruction: str | None, cost: int = 0) -> Outcome:
         if self.reranker is None:
             raise RuntimeError("this backend has no reranker")
         async with self._lock:
-            return (await asyncio.to_thread(rerank_jobs, self.reranker, [(query, documents, instruction)]))[0]
+            return (await asyncio.to_thread(rerank_jobs, self.reranker, [(query, documents, instruction, cost)]))[0]
+
+    async def health(self) -> dict[str, str]:
+        return {"embedder": "ok", "reranker": "ok" if self.reranker is not None else "absent"}
 
 
 class HandleBackend:
-    """Ray Serve deployment handles of the Embedder and Reranker deployments."""
+    """Ray Serve deployment handles of the Embedder and Reranker deployments.
 
-    def __init__(self, embedder: Any, reranker: Any, model_id: str, dim: int, rerank_model_id: str | None = None):
+    A call that gets no answer within ``timeout_s`` (a replica that died or hangs) is cancelled and
+    answered with a 504, so no request waits forever.
+    """
+
+    def __init__(self, embedder: Any, reranker: Any, model_id: str, dim: int, timeout_s: float = 120.0,
+                 health_timeout_s: float = 5.0, rerank_model_id: str | None = None):
         self.embedder, self.reranker = embedder, reranker
         self.model_id, self.dim, self.rerank_model_id = model_id, dim, rerank_model_id
+        self.timeout_s, self.health_timeout_s = timeout_s, health_timeout_s
 
-    async def embed(self, items: list[Item], dimensions: int | None) -> Outcome:
-        return await self.embedder.embed.remote(items, dimensions)
+    async def _call(self, response: Any, what: str, timeout_s: float) -> Any:
+        async def wait() -> Any:
+            return await response
 
-    async def rerank(self, query: Item, documents: list[Item], instruction: str | None) -> Outcome:
-        return await self.reranker.rerank.remote(query, documents, instruction)
+        try:
+            return await asyncio.wait_for(wait(), timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise ServerError(f"the {what} did not answer within {timeout_s:g} s", 504) from None
+        except ServerError:
+            raise
+        except Exception as exc:
+            from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+            log.error("%s call failed: %r", what, exc)
+            if isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError)):
+                # The replica died mid-call or is being replaced; Serve starts a new one.
+                raise ServerError(f"the {what} is unavailable; retry shortly", 503) from None
+            raise ServerError(f"the {what} failed; see the server log", 500) from None
+
+    async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0) -> Outcome:
+        return await self._call(self.embedder.embed.remote(items, dimensions, cost), "embedder", self.timeout_s)
+
+    async def rerank(self, query: Item, documents: list[Item], instruction: str | None, cost: int = 0) -> Outcome:
+        return await self._call(self.reranker.rerank.remote(query, documents, instruction, cost), "reranker",
+                                self.timeout_s)
+
+    async def health(self) -> dict[str, str]:
+        """Ping each model deployment; a replica that is down or stuck reports why."""
+        async def ping(handle: Any, what: str) -> str:
+            try:
+                await self._call(handle.info.remote(), what, self.health_timeout_s)
+                return "ok"
+            except ServerError as exc:
+                return exc.message
+
+        embedder, reranker = await asyncio.gather(ping(self.embedder, "embedder"), ping(self.reranker, "reranker"))
+        return {"embedder": embedder, "reranker": reranker}

@@ -1,9 +1,10 @@
 """Ray Serve deployments: the Embedder and Reranker (dynamically batched) and the HTTP ingress.
 
 Each model replica loads the checkpoint once. ``@serve.batch`` merges concurrent requests; the
-merged items are then split again by token budget (``embed.batch_tokens``) so a batch of long
-videos and a batch of short texts both fit. Model calls run in a worker thread so the replica keeps
-answering health checks while it computes.
+merged requests are decoded in turns of at most ``serve.max_batch_pixels`` source pixels and split
+again by token budget (``embed.batch_tokens``) so a batch of long videos and a batch of short texts
+both fit. Model calls run in a worker thread so the replica keeps answering health checks while it
+computes; any exception stays with the request that caused it.
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ class EmbedderDeployment:
         return {"model_id": self.embedder.model_id,
                 "dim": self.embedder.embed_cfg.dimensions or self.embedder.dim}
 
-    async def embed(self, items: list[Item], dimensions: int | None) -> Outcome:
-        return await self._batch((items, dimensions))
+    async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0) -> Outcome:
+        return await self._batch((items, dimensions, cost))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _batch(self, jobs: list[tuple[list[Item], int | None]]) -> list[Outcome]:
-        outcomes = await asyncio.to_thread(embed_jobs, self.embedder, jobs)
+    async def _batch(self, jobs: list[tuple[list[Item], int | None, int]]) -> list[Outcome]:
+        outcomes = await asyncio.to_thread(embed_jobs, self.embedder, jobs, self.cfg.serve.max_batch_pixels)
         embedded = sum(len(o.values) for o in outcomes if o.values is not None)
         if embedded:  # Ray counters refuse increments of 0
             self.items.inc(embedded)
@@ -61,11 +62,11 @@ class RerankerDeployment:
     def info(self) -> dict:
         return {"model_id": self.reranker.model_id}
 
-    async def rerank(self, query: Item, documents: list[Item], instruction: str | None) -> Outcome:
-        return await self._batch((query, documents, instruction))
+    async def rerank(self, query: Item, documents: list[Item], instruction: str | None, cost: int = 0) -> Outcome:
+        return await self._batch((query, documents, instruction, cost))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _batch(self, jobs: list[tuple[Item, list[Item], str | None]]) -> list[Outcome]:
+    async def _batch(self, jobs: list[tuple[Item, list[Item], str | None, int]]) -> list[Outcome]:
         return await asyncio.to_thread(rerank_jobs, self.reranker, jobs)
 
 
@@ -79,7 +80,9 @@ class SearchIngress:
 
         self.cfg = OmniretConfig.model_validate(cfg)
         info, rerank_info = await embedder.info.remote(), await reranker.info.remote()
-        self.backend = HandleBackend(embedder, reranker, info["model_id"], info["dim"], rerank_info["model_id"])
+        serve_cfg = self.cfg.serve
+        self.backend = HandleBackend(embedder, reranker, info["model_id"], info["dim"],
+                                     serve_cfg.request_timeout_s, serve_cfg.health_timeout_s, rerank_info["model_id"])
         # Never written from here; new ingests become visible after index.read_consistency_s.
         self.store = IndexStore(self.cfg.index)
         self.requests = metrics.Counter("omniret_http_requests", description="HTTP requests by path and status.",

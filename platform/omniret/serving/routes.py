@@ -2,8 +2,11 @@
 
 Built by :func:`create_api` around a :class:`~omniret.serving.backend.Backend`, so the Serve ingress
 and a plain process serve the same routes. Every refusal is a JSON error in OpenAI's shape,
-``{"error": {"message", "type", "param", "code"}}``, with a 4xx status; an unexpected failure is a
-500 with the same shape (the traceback goes to the log, not to the client).
+``{"error": {"message", "type", "param", "code"}}``: 4xx for the request's own faults (413 for a
+body or work budget it exceeds), 5xx only for the service's (500 a model failure, 503 a replica that
+is down, 504 a model call past ``serve.request_timeout_s``), logged with the traceback that never
+goes to the client. Error bodies carry no server paths. Media parsing runs in worker threads, never
+on the event loop.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import base64
 import hmac
 import logging
 import os
+import re
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +39,7 @@ from omniret.serving.api import (
     encode_vector,
     search_item,
 )
-from omniret.serving.backend import Backend
+from omniret.serving.backend import Backend, ServerError
 from omniret.serving.ingestion import save_uploads
 
 log = logging.getLogger(__name__)
@@ -60,19 +65,31 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await self._refuse(send)
         seen = 0
+        refused = False
 
         async def counted() -> dict:
-            nonlocal seen
+            # A chunked body has no Content-Length: count it as it streams, answer 413 once it passes
+            # the limit, and tell the app the client left so it stops reading.
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _TooLarge
+                refused = True
+                await self._refuse(send)
+                return {"type": "http.disconnect"}
             return message
 
+        async def guarded(message: dict) -> None:
+            if not refused:  # the 413 is the only answer once the body was refused
+                await send(message)
+
         try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(send)
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not refused:
+                raise
 
     async def _refuse(self, send: Send) -> None:
         response = JSONResponse(error_body(f"request body exceeds {self.limit} bytes", "body",
@@ -80,12 +97,16 @@ class BodyLimit:
         await response({"type": "http"}, _no_receive, send)
 
 
-class _TooLarge(Exception):
-    pass
-
-
 async def _no_receive() -> dict:
     return {"type": "http.disconnect"}
+
+
+_PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s/\\()'\"<>,;]+){2,}[/\\]?")
+
+
+def public(text: str) -> str:
+    """``text`` with server paths replaced by <file>: error bodies never show the server's layout."""
+    return re.sub(r"\s*\(<file>\)", "", _PATH_RE.sub("<file>", text)) if text else text
 
 
 def _param(loc: tuple) -> str:
@@ -114,9 +135,14 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
     """The HTTP application. ``store`` is an IndexStore (None: /search answers 503); ``ingestor``
     runs uploads through the ingest pipeline (None: /v1/ingest answers 503)."""
     serve_cfg = cfg.serve
-    parser = InputParser(serve_cfg)
+    scratch = tempfile.mkdtemp(prefix="omniret-serve-")  # request temp files; each request deletes its own
+
+    def parser() -> InputParser:
+        return InputParser(serve_cfg, cfg.media, scratch)
+
     api_key = serve_cfg.api_key or os.environ.get("OMNIRET_API_KEY")
     app = FastAPI(title="omniret", version="1", description="Multimodal embeddings, reranking and search.")
+    app.state.scratch = scratch
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -126,23 +152,36 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 response = JSONResponse(error_body("missing or wrong bearer token", "authorization",
                                                    "authentication_error"), status_code=401)
-                _count(path, response.status_code)
+                _count(request, response.status_code)
                 return response
         response = await call_next(request)
-        _count(path, response.status_code)
+        _count(request, response.status_code)
         return response
 
-    def _count(path: str, status: int) -> None:
-        if on_request is not None:
-            on_request(path, status)
+    def _count(request: Request, status: int) -> None:
+        if on_request is None:
+            return
+        # Label by route template, never by the raw path: clients choose paths (any characters, any
+        # number of them), and metric tags must stay ASCII and few.
+        route = getattr(request.scope.get("route"), "path", None)
+        label = route or (request.url.path if request.url.path in known_paths else "unmatched")
+        try:
+            on_request(label, status)
+        except Exception:  # metrics must never fail a request
+            log.warning("could not count a request to %s", label, exc_info=True)
 
     @app.exception_handler(InputError)
     async def _input_error(_: Request, exc: InputError):
-        return JSONResponse(error_body(exc.message, exc.param), status_code=exc.status)
+        return JSONResponse(error_body(public(exc.message), exc.param), status_code=exc.status)
 
     @app.exception_handler(MediaError)
     async def _media_error(_: Request, exc: MediaError):
-        return JSONResponse(error_body(exc.reason, exc.source, code="unusable_input"), status_code=400)
+        return JSONResponse(error_body(public(exc.reason), public(exc.source), code="unusable_input"),
+                            status_code=400)
+
+    @app.exception_handler(ServerError)
+    async def _server_error(_: Request, exc: ServerError):
+        return JSONResponse(error_body(exc.message, kind="server_error"), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):
@@ -156,9 +195,14 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
         return JSONResponse(error_body("internal error; see the server log", kind="server_error"), status_code=500)
 
     @app.get("/healthz")
-    async def healthz() -> dict:
+    async def healthz():
         rows = await asyncio.to_thread(store.count) if store is not None and store.exists() else None
-        return {"status": "ok", "model": backend.model_id, "dimensions": backend.dim, "index_rows": rows}
+        health = getattr(backend, "health", None)
+        replicas = await health() if health is not None else {}
+        ok = all(state in ("ok", "absent") for state in replicas.values())
+        body = {"status": "ok" if ok else "unhealthy", "model": backend.model_id, "dimensions": backend.dim,
+                "index_rows": rows, "deployments": replicas}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -171,8 +215,11 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
         _check_model(request.model)
         if request.dimensions is not None and request.dimensions > backend.dim:
             raise InputError("dimensions", f"at most {backend.dim}")
-        items = parser.items(request.input, "input", request.instruction)
-        vectors = (await backend.embed(items, request.dimensions)).unwrap()
+        with parser() as inputs:
+            instruction = inputs.instruction(request.instruction, "instruction")
+            # Decoding base64, probing headers and PDFs is blocking work: keep it off the event loop.
+            items = await asyncio.to_thread(inputs.items, request.input, "input", instruction)
+            vectors = (await backend.embed(items, request.dimensions, inputs.pixels)).unwrap()
         tokens = sum(len((item.text or "").split()) for item in items)
         return {"object": "list", "model": backend.model_id,
                 "data": [{"object": "embedding", "index": i, "embedding": encode_vector(v, request.encoding_format)}
@@ -182,9 +229,11 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
     @app.post("/v1/rerank")
     async def rerank(request: RerankRequest) -> dict:
         _check_model(request.model, backend.rerank_model_id)
-        query = parser.item(request.query, "query", None)
-        docs = parser.items(request.documents, "documents", None)
-        scores = (await backend.rerank(query, docs, request.instruction)).unwrap()
+        with parser() as inputs:
+            instruction = inputs.instruction(request.instruction, "instruction")
+            query = await asyncio.to_thread(inputs.item, request.query, "query", None)
+            docs = await asyncio.to_thread(inputs.items, request.documents, "documents", None)
+            scores = (await backend.rerank(query, docs, instruction, inputs.pixels)).unwrap()
         order = sorted(range(len(docs)), key=lambda i: -float(scores[i]))[: request.top_n or len(docs)]
         results = []
         for i in order:
@@ -201,20 +250,22 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
             raise InputError("index", "this service has no index configured", 503)
         if request.mode == "hybrid" and not request.text:
             raise InputError("text", "hybrid search needs text")
-        query = search_item(request, parser)
-        vector = (await backend.embed([query], cfg.embed.dimensions)).unwrap()[0]
-        depth = request.top_k
-        if request.rerank:
-            depth = min(max(request.rerank_top_n or request.top_k, request.top_k), serve_cfg.rerank_candidates)
-        hits = await asyncio.to_thread(
-            store.search, vector, request.text if request.mode == "hybrid" else None, k=depth,
-            modality=request.modality, source_prefix=request.source_prefix, with_thumbnail=True)
-        rerank_scores: list[float | None] = [None] * len(hits)
-        if request.rerank and hits:
-            scores = (await backend.rerank(query, [hit_document(h) for h in hits], request.instruction)).unwrap()
-            order = sorted(range(len(hits)), key=lambda i: -float(scores[i]))
-            hits = [hits[i] for i in order]
-            rerank_scores = [float(scores[i]) for i in order]
+        with parser() as inputs:
+            query = await asyncio.to_thread(search_item, request, inputs)
+            vector = (await backend.embed([query], cfg.embed.dimensions, inputs.pixels)).unwrap()[0]
+            depth = request.top_k
+            if request.rerank:
+                depth = min(max(request.rerank_top_n or request.top_k, request.top_k), serve_cfg.rerank_candidates)
+            hits = await asyncio.to_thread(
+                store.search, vector, request.text if request.mode == "hybrid" else None, k=depth,
+                modality=request.modality, source_prefix=request.source_prefix, with_thumbnail=True)
+            rerank_scores: list[float | None] = [None] * len(hits)
+            if request.rerank and hits:
+                scores = (await backend.rerank(query, [hit_document(h) for h in hits], query.instruction,
+                                               inputs.pixels)).unwrap()
+                order = sorted(range(len(hits)), key=lambda i: -float(scores[i]))
+                hits = [hits[i] for i in order]
+                rerank_scores = [float(scores[i]) for i in order]
         results = [hit_json(h, s) for h, s in zip(hits, rerank_scores, strict=True)][: request.top_k]
         return {"model": backend.model_id, "mode": request.mode, "reranked": request.rerank, "results": results}
 
@@ -224,8 +275,9 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
             raise InputError("files", "this service does not ingest uploads", 503)
         if len(request.files) > serve_cfg.max_inputs:
             raise InputError("files", f"at most {serve_cfg.max_inputs} files per request", 413)
-        paths = await asyncio.to_thread(save_uploads, request.files, parser, serve_cfg.upload_dir)
-        job_id = ingestor.submit(paths)
+        with parser() as inputs:
+            paths = await asyncio.to_thread(save_uploads, request.files, inputs, serve_cfg.upload_dir)
+        job_id = await asyncio.to_thread(ingestor.submit, paths)  # an actor call: off the event loop
         return {"job_id": job_id, "status": "running", "files": [p.name for p in paths]}
 
     @app.get("/v1/ingest/{job_id}")
@@ -239,5 +291,6 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
         if name and name != served:
             raise InputError("model", f"unknown model {name!r}; this endpoint serves {served!r}", 404)
 
+    known_paths = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(BodyLimit, limit=serve_cfg.max_request_bytes)  # outermost: before any parsing
     return app

@@ -49,6 +49,7 @@ from omniret.losses import ContrastiveLoss, LossOutput, TaskTemperature, build_l
 from omniret.losses.temperature import LearnableTemperature
 from omniret.models.backbone import Backbone, checkpoint_path, load_backbone, unwrap
 from omniret.models.embedder import Embedder, EmbeddingModel
+from omniret.models.pooling import save_pooling
 from omniret.training import checkpoint as ckpt
 from omniret.training.context import checkpoint_name
 from omniret.training.gradcache import GradCache, average_gradients
@@ -59,8 +60,10 @@ from omniret.training.sampling import (
     BatchSampler,
     alignment_scores,
     probe_sets,
+    pyramid_due,
+    pyramid_interval,
     pyramid_probabilities,
-    sigma_at,
+    sigma_at_step,
 )
 from omniret.training.steps import build_step
 
@@ -178,7 +181,7 @@ class ContrastiveStep:
         self.embedder = Embedder(worker.backbone, cfg.media, cfg.embed.model_copy(update={"progress": False}),
                                  cfg.model.template, cfg.model.max_length)
         self.encoder = self.embedder.encoder
-        self.net = worker.ctx.prepare_model(EmbeddingModel(worker.model))
+        self.net = worker.ctx.prepare_model(EmbeddingModel(worker.model, worker.backbone.pooling))
         self.loss = build_training_loss(cfg, worker.total_steps).to(self.device)
         self.gradcache = GradCache(self.net, self.loss, self.encoder.collate, t.query_chunk_size,
                                    t.target_chunk_size, self.autocast)
@@ -198,8 +201,8 @@ class ContrastiveStep:
 
     def metrics(self, inputs: StepInputs, out: LossOutput) -> dict[str, float]:
         return {**{key: _metric(out.metrics, key) for key in ("temperature", "num_negatives", "fn_masked_per_row",
-                                                               "pos_sim", "neg_sim")},
-                "hard_negatives": inputs.negatives_per_query}
+                                                               "rows_without_negatives", "pos_sim", "neg_sim")},
+                "hard_negatives": inputs.negatives_per_query, "filled_negatives": inputs.filled}
 
     def eval_models(self) -> dict[str, Any]:
         return {"embedder": self.embedder}
@@ -325,21 +328,36 @@ class TrainWorker:
 
     # ---- steps -------------------------------------------------------------------------------
     def begin_epoch(self) -> None:
+        """Start an epoch, or take a pyramid decision (re-probe; sigma from the step) inside one."""
         t, epoch = self.cfg.train, self.sampler.state.epoch
+        starting = self.sampler.needs_epoch_start
         if t.curriculum != "pyramid":
             self.sampler.begin_epoch()
             return
         decision = None
         if self.rank == 0:  # one prober decides; every rank then uses exactly the same probabilities
             scores = alignment_scores(probe_sets(self.sampler, t.probe_pairs, epoch), self._similarity)
-            sigma = sigma_at(epoch, self.total_epochs, t.sigma_min, t.sigma_max)
+            sigma = sigma_at_step(self.step, self.total_steps, self._pyramid_interval, t.sigma_min, t.sigma_max)
             decision = (pyramid_probabilities(self.sampler.base_probabilities, scores, sigma), scores, sigma)
-            record_event(self.run_dir, "curriculum", epoch=epoch, sigma=sigma, alignment=scores,
+            record_event(self.run_dir, "curriculum", epoch=epoch, step=self.step, sigma=sigma, alignment=scores,
                          probabilities=decision[0])
-            log.info("epoch %d: sigma %.2f, probabilities %s", epoch, sigma,
+            log.info("step %d (epoch %d): sigma %.2f, probabilities %s", self.step, epoch, sigma,
                      {k: round(v, 3) for k, v in decision[0].items()})
         probs, scores, sigma = _broadcast(decision)
-        self.sampler.begin_epoch(probs, alignment=scores, sigma=sigma)
+        if starting:
+            self.sampler.begin_epoch(probs, alignment=scores, sigma=sigma)
+        else:
+            self.sampler.update_probabilities(probs, alignment=scores, sigma=sigma)
+        self.sampler.state.decided_step = self.step
+
+    @property
+    def _pyramid_interval(self) -> int:
+        t = self.cfg.train
+        return pyramid_interval(self.total_steps, self.sampler.steps_per_epoch, t.probe_every)
+
+    def _curriculum_due(self) -> bool:
+        return (self.cfg.train.curriculum == "pyramid"
+                and pyramid_due(self.step, self._pyramid_interval, self.sampler.state.decided_step))
 
     def _similarity(self, pairs: list[Pair]) -> list[float]:
         """Cosine of each pair's query and first positive under the current model."""
@@ -362,7 +380,7 @@ class TrainWorker:
         """Draw, encode and train on one batch; returns the step's metrics (None when it was skipped)."""
         t = self.cfg.train
         started = time.perf_counter()
-        if self.sampler.needs_epoch_start:
+        if self.sampler.needs_epoch_start or self._curriculum_due():
             self.begin_epoch()
         batch = self.sampler.next()
         pairs = self.sampler.pairs_of(batch)
@@ -387,6 +405,10 @@ class TrainWorker:
                **self.objective.metrics(inputs, out), "dropped": len(inputs.dropped),
                "step_s": elapsed, "pairs_per_s": sum(counts) / elapsed,
                "peak_mem_mb": peak_memory_mb(self.device), **self.temperatures()}
+        if row.get("rows_without_negatives", 0) > 0:  # their loss is 0: no gradient (docs/RECIPES.md, masking)
+            log.warning("step %d: masking left %d of %d rows of rank %d without a negative (loss %.4g); see "
+                        "docs/RECIPES.md on false-negative masking", self.step, row["rows_without_negatives"],
+                        inputs.rows, self.rank, row["loss"])
         return row
 
     def temperatures(self) -> dict[str, float]:
@@ -407,6 +429,7 @@ class TrainWorker:
             folder = Path(tmp)
             if self.rank == 0:
                 ckpt.save_model(folder, self.model, self.cfg.train.mode, self.base_dir)
+                save_pooling(folder, self.backbone.pooling)  # the checkpoint embeds as it was trained
                 state = {"step": self.step, "total_steps": self.total_steps, "sampler": self.sampler.state_dict(),
                          "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))}}
                 info = {"mode": self.cfg.train.mode, "base": str(self.base_dir), "step": self.step,
