@@ -5,7 +5,9 @@
     ray job submit --working-dir . -- python ray_jobs/train.py --config ray_jobs/configs/quickstart.yaml --root $PWD
 
 Each --config is a run file (one stage) or a recipe file (a ``stages:`` list); stages run in order,
-each starting from the previous one's output. Trailing ``key=value`` overrides apply to every stage.
+each starting from the previous one's output. At the end it prints one table per stage from the
+stages' final evaluations (finished stages are not trained again, so a re-run only prints).
+Trailing ``key=value`` overrides apply to every stage.
 Under ``ray job submit`` the script runs in a copy of the sources: ``--root`` names the folder that
 relative paths in the configuration (data, evaluation sets, runs) refer to.
 """
@@ -29,14 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="configuration overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from omniret.training.recipe import load_stages, run_stages, summary_lines
+    from omniret.training.recipe import load_stages, run_stages, stage_tables, summary_lines
 
     try:
-        results = run_stages(load_stages(args.config, args.overrides, root=args.root), local=args.local)
+        stages = load_stages(args.config, args.overrides, root=args.root)
+        results = run_stages(stages, local=args.local)
     except (OmniretError, FileNotFoundError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(summary_lines(results)))
+    print("\n" + stage_tables(stages, results))
     return 0
 
 

@@ -84,9 +84,23 @@ class EmbedConfig(Section):
 
 
 class RerankConfig(Section):
+    """The yes/no reranker: its own checkpoint, prompt limits, and how a reranker stage trains it."""
+
+    model: ModelConfig = Field(
+        default_factory=ModelConfig, description="The reranker's checkpoint (path, adapter, family, dtype, "
+        "device); the tiny model when path is unset. `template` is not used: the reranker has its own prompt.")
     instruction: str = "Given a search query, retrieve relevant candidates that answer the query."
     max_length: int = Field(10240, ge=32)
     batch_size: int = Field(8, ge=1)
+    loss: Literal["pointwise", "listwise"] = Field(
+        "pointwise", description="Reranker training: pointwise yes/no cross-entropy (Qwen3-VL-Reranker) or a "
+        "softmax over one positive and its negatives.")
+    init_from_embedder: bool = Field(
+        False, description="A reranker stage starts from its embedder (`model`, i.e. train.init_from's output) "
+        "instead of rerank.model.")
+    in_batch_negatives: int = Field(
+        0, ge=0, description="Reranker training: also pair each query with this many other rows' positives "
+        "of the same batch, labelled no (besides train.negatives explicit hard negatives).")
 
 
 class LoraConfig(Section):
@@ -200,6 +214,9 @@ class EvalConfig(Section):
     baselines: list[Literal["text_overlap", "chance"]] = ["text_overlap", "chance"]
     ties: Literal["expected", "pessimistic"] = Field(
         "expected", description="Equal scores: expected metric over random tie order, or worst case.")
+    rerank_top_k: int = Field(
+        0, ge=0, description="Also rerank the embedder's top k candidates of every query with the reranker "
+        "(rerank.model) and report hit@1 and nDCG@5 before and after (0: off).")
     ray: bool | Literal["auto"] = Field("auto", description="Embed through Ray Data (auto: for large runs).")
     ray_min_items: int = Field(5000, ge=1, description="auto: use Ray Data from this many items to embed.")
     actors: int = Field(1, ge=1, description="Embedder actors of the Ray Data path.")
@@ -288,6 +305,9 @@ class TrainConfig(Section):
     """Contrastive training on Ray Train: scale, what is trained, schedule, batching, checkpoints, evaluation."""
 
     name: str = Field("run", description="Run name: the folder under output_dir; running it again resumes it.")
+    objective: Literal["contrastive", "rerank"] = Field(
+        "contrastive", description="contrastive: train the embedder (`model`); rerank: train the yes/no reranker "
+        "(`rerank.model`) on the same pairs, `model` being the embedder that retrieves for its evaluation.")
     output_dir: str = Field(".omniret/runs", description="Where runs live (shared storage on multi-node).")
     init_from: str | None = Field(
         None, description="Start from a previous stage: its run folder (final/ is used) or a checkpoint folder.")

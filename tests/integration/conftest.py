@@ -1,7 +1,8 @@
 """The real Serve application on 127.0.0.1, one per test module that asks for it.
 
 Serve's HTTP proxy starts once per session (its port cannot change while it runs); each module gets
-its own application and index, configured by the module's ``SERVICE_OVERRIDES`` list.
+its own application and index, configured by the module's ``SERVICE_OVERRIDES`` list (``{root}``: the
+module's folder, ``{tiny[<family>]}``: a tiny checkpoint).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def serve_url(ray_session):
 
 
 @pytest.fixture(scope="module")
-def service(request, serve_url, tmp_path_factory, make_config, backbones):
+def service(request, serve_url, tmp_path_factory, make_config, backbones, tiny_dirs):
     from ray import serve
 
     from omniret.serving.app import build_app
@@ -34,7 +35,7 @@ def service(request, serve_url, tmp_path_factory, make_config, backbones):
                       "serve.embedder.num_cpus=0.25", "serve.reranker.num_cpus=0.25", "serve.ingress.num_cpus=0.1",
                       "ingest.embed_cpus=0.25", f"serve.upload_dir={root / 'uploads'}",
                       "serve.max_video_frames=16", "media.max_image_pixels=250000", "index.read_consistency_s=0",
-                      *(o.format(root=root) for o in getattr(request.module, "SERVICE_OVERRIDES", ())))
+                      *(o.format(root=root, tiny=tiny_dirs) for o in getattr(request.module, "SERVICE_OVERRIDES", ())))
     embedder = Embedder(backbones["qwen2_vl"], cfg.media, cfg.embed, cfg.model.template)
     ids = build_index(cfg, embedder, root / "media")
     serve.run(build_app({"settings": cfg.model_dump()}), name="omniret-test", route_prefix="/")

@@ -14,6 +14,10 @@ from omniret.items import Item
 pytestmark = pytest.mark.slow
 
 
+# The reranker is a checkpoint of its own (another tiny model), not the embedder's.
+SERVICE_OVERRIDES = ["rerank.model.path={tiny[qwen3_vl]}"]
+
+
 def _cos(a, b) -> np.ndarray:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
@@ -38,15 +42,21 @@ def test_openai_client_gets_the_in_process_vectors(service):
     assert _cos(vector, want[0][:16]) >= 0.9999
 
 
-def test_rerank_matches_the_in_process_reranker(service, backbones):
+def test_rerank_matches_the_in_process_reranker_of_the_reranker_checkpoint(service, backbones):
     from omniret.models.reranker import Reranker
 
     docs = ["a blue square", "a red circle", "a green triangle"]
     body = httpx.post(f"{service['url']}/v1/rerank", json={"query": "a red circle", "documents": docs, "top_n": 2},
                       timeout=60).json()
-    scores = Reranker(backbones["qwen2_vl"]).score("a red circle", docs)
+    scores = Reranker(backbones["qwen3_vl"]).score("a red circle", docs)  # rerank.model
+    assert body["model"] == "qwen3_vl"
     assert [r["index"] for r in body["results"]] == np.argsort(-scores)[:2].tolist()
-    np.testing.assert_allclose([r["relevance_score"] for r in body["results"]], np.sort(scores)[::-1][:2], atol=1e-5)
+    got = [r["relevance_score"] for r in body["results"]]
+    np.testing.assert_allclose(got, np.sort(scores)[::-1][:2], atol=1e-5)
+    embedder_checkpoint = np.sort(Reranker(backbones["qwen2_vl"]).score("a red circle", docs))[::-1][:2]
+    assert np.abs(np.asarray(got) - embedder_checkpoint).max() > 1e-3
+    models = httpx.get(f"{service['url']}/v1/models", timeout=10).json()["data"]
+    assert [(m["id"], m["task"]) for m in models] == [("qwen2_vl", "embedding"), ("qwen3_vl", "rerank")]
 
 
 def test_search_returns_the_known_item(service):

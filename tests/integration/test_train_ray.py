@@ -63,6 +63,20 @@ def test_two_workers_gradcache_cross_worker_negatives_match_one_process(ray_sess
     assert read_events(two.run_dir)[0]["world_size"] == 2
 
 
+def test_two_reranker_workers_match_one_process(ray_session, tiny_dirs, bench, tmp_path):
+    """The reranker step on Ray Train: the mean of the workers' pointwise losses is the full-batch loss and
+    the averaged gradients give the same updates, step after step."""
+    extra = ("train.objective=rerank", f"rerank.model.path={tiny_dirs['qwen2_vl']}", "train.max_steps=3")
+    two = fit(_cfg(tiny_dirs, bench, tmp_path, "rr-two", "train.workers=2", *extra))
+    one = fit(_cfg(tiny_dirs, bench, tmp_path, "rr-one", "train.workers=1", *extra), local=True)
+    rows_two, rows_one = _rows(two.run_dir), _rows(one.run_dir)
+    assert [r["step"] for r in rows_two] == ["1", "2", "3"]
+    for r2, r1 in zip(rows_two, rows_one, strict=True):
+        assert r2["batch"] == r1["batch"] and r2["pairs"] == "8" and r2["hard_negatives"] == "1"
+        assert float(r2["loss"]) == pytest.approx(float(r1["loss"]), rel=2e-4)
+    assert (two.final / "adapter" / "adapter_config.json").is_file()
+
+
 def test_killed_worker_resumes_from_checkpoint_with_same_steps_and_sampler(ray_session, tiny_dirs, bench, tmp_path):
     total = 30
     cfg = _cfg(tiny_dirs, bench, tmp_path, "killed", "train.workers=2", f"train.max_steps={total}",

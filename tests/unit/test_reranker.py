@@ -59,3 +59,50 @@ def test_truncate_middle_refuses_when_only_protected_tokens_remain():
     assert len(out) == 10 and out[0] == 0 and out[-5:] == list(range(15, 20))
     with pytest.raises(ValueError):
         truncate_middle([9] * 10, 5, {9})
+
+
+def test_from_config_loads_the_rerank_model_not_the_embedder(make_config, tiny_dirs, backbones):
+    """rerank.model is a checkpoint of its own (here another family: a Qwen3-VL causal LM with its LM head)."""
+    cfg = make_config("qwen2_vl", f"rerank.model.path={tiny_dirs['qwen3_vl']}")
+    reranker = Reranker.from_config(cfg)
+    assert reranker.backbone.family.name == "qwen3_vl" and reranker.model_id == "qwen3_vl"
+    docs = ["a red circle", "a blue square"]
+    np.testing.assert_allclose(reranker.score("a red circle", docs),
+                               Reranker(backbones["qwen3_vl"]).score("a red circle", docs), atol=1e-6)
+    assert not np.allclose(reranker.score("a red circle", docs),
+                           Reranker(backbones["qwen2_vl"]).score("a red circle", docs), atol=1e-3)
+
+
+def test_one_model_tag_for_ingest_and_serving(make_config, tiny_dirs):
+    from omniret.ingest.embed import model_tag as ingest_tag
+    from omniret.models.backbone import model_tag
+    from omniret.models.embedder import Embedder
+
+    cfg = make_config("qwen2_vl", "embed.dimensions=16")
+    assert Embedder.from_config(cfg).model_id == ingest_tag(cfg) == "qwen2_vl@16"
+    cfg = make_config("qwen2_vl", "model.adapter=/runs/a/checkpoint_000010", "embed.dimensions=32")
+    assert ingest_tag(cfg) == model_tag(cfg.model, 32) == "qwen2_vl+checkpoint_000010@32"
+
+
+def test_a_checkpoint_whose_tokenizer_splits_yes_or_no_is_refused_at_load(make_config, tiny_dirs, tmp_path):
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from omniret.errors import ConfigError
+    from omniret.models.tiny import SPECIAL_TOKENS
+
+    folder = shutil.copytree(tiny_dirs["qwen2_vl"], tmp_path / "bytes-only")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    # No merges: every word is split into its bytes ("yes" -> 3 tokens).
+    tok.train_from_iterator(["yes no"], trainers.BpeTrainer(vocab_size=len(alphabet) + len(SPECIAL_TOKENS),
+                                                             special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet,
+                                                             show_progress=False))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                            additional_special_tokens=SPECIAL_TOKENS[1:]).save_pretrained(folder)
+    cfg = make_config("qwen2_vl", f"rerank.model.path={folder}")
+    with pytest.raises(ConfigError, match=r"bytes-only: its tokenizer splits 'yes' into 3 tokens"):
+        Reranker.from_config(cfg)

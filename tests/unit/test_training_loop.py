@@ -139,7 +139,8 @@ def test_lora_stage_exports_a_merged_model_and_its_adapter(tiny_dirs, bench, tmp
     np.testing.assert_allclose(merged, adapted.encode(items, progress=False), atol=2e-5)
     from omniret.models.reranker import Reranker
 
-    for overrides in ([f"model.path={final}"], ckpt.load_overrides(latest_checkpoint(result.run_dir))):
+    for overrides in ([f"rerank.model.path={final}"], ckpt.load_overrides(latest_checkpoint(result.run_dir),
+                                                                          "rerank.model")):
         scores = Reranker.from_config(load_config(None, overrides)).score("a red circle", items)
         assert np.isfinite(np.asarray(scores)).all() and len(scores) == 2
 

@@ -23,13 +23,21 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "ray_jobs" / "configs"
 
 
-def test_quickstart_recipe_has_two_chained_stages():
-    stage1, stage2 = load_stages([CONFIGS / "quickstart.yaml"], ["train.output_dir=/runs"])
+def test_quickstart_recipe_has_two_chained_stages_and_a_reranker_stage():
+    stage1, stage2, rerank = load_stages([CONFIGS / "quickstart.yaml"], ["train.output_dir=/runs"])
     assert (stage1.train.name, stage2.train.name) == ("quickstart-stage1", "quickstart-stage2")
     assert not stage1.train.instructions and stage1.train.negatives == 0
     assert stage2.train.instructions and stage2.train.negatives > 0 and stage2.mine.before_training
     assert stage1.train.mode == stage2.train.mode == "full" and stage1.model.path is None
     assert stage1.train.output_dir == stage2.train.output_dir == "/runs"  # overrides reach every stage
+    assert rerank.train.objective == "rerank" and rerank.eval.rerank_top_k > 0 and rerank.mine.before_training
+    assert stage1.train.objective == stage2.train.objective == "contrastive" and not stage2.eval.rerank_top_k
+
+
+def test_relative_reranker_paths_are_rebased_on_root(tmp_path):
+    (stage,) = load_stages([CONFIGS / "stage1.yaml"], ["rerank.model.path=models/rr", "rerank.model.adapter=/a"],
+                           root=tmp_path)
+    assert stage.rerank.model.path == str(tmp_path / "models/rr") and stage.rerank.model.adapter == "/a"
 
 
 def test_lora_stage_files_chain_by_init_from():

@@ -64,6 +64,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {group} | {count} | {_fmt(values[0])} | " + " | ".join(values[1:]) + " |")
     if report["skipped_datasets"]:
         lines += ["", "skipped: " + "; ".join(report["skipped_datasets"])]
+    if report.get("rerank"):
+        from omniret.eval.rerank import markdown as rerank_markdown
+
+        lines += ["", rerank_markdown(report["rerank"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

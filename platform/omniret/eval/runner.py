@@ -40,9 +40,10 @@ def use_ray(cfg: OmniretConfig, datasets: list[EvalDataset]) -> bool:
     return len(datasets) > 1 and items >= cfg.eval.ray_min_items
 
 
-def evaluate(cfg: OmniretConfig, datasets: list[EvalDataset], *, embedder=None,
+def evaluate(cfg: OmniretConfig, datasets: list[EvalDataset], *, embedder=None, reranker=None,
              skipped: list[str] | None = None) -> dict[str, Any]:
-    """Score ``datasets``; ``embedder`` (optional) is reused for the in-process path."""
+    """Score ``datasets``; ``embedder`` (optional) is reused for the in-process path. With
+    ``eval.rerank_top_k``, the reranker (``reranker``, or ``rerank.model``) also reranks each query's top k."""
     from omniret.models.backbone import checkpoint_path
 
     path = "ray" if embedder is None and use_ray(cfg, datasets) else "in-process"
@@ -59,7 +60,7 @@ def evaluate(cfg: OmniretConfig, datasets: list[EvalDataset], *, embedder=None,
     rows = [_score(cfg, ds, embedded[ds.name]) for ds in datasets]
     infos = {ds.name: ds.info for ds in datasets}
     model_path = checkpoint_path(cfg.model)
-    return {
+    report = {
         "model": {"id": model_path.name, "path": str(model_path), "adapter": cfg.model.adapter,
                   "template": cfg.model.template, "tiny_random": cfg.model.path is None},
         "config_hash": config_hash(cfg),
@@ -77,6 +78,17 @@ def evaluate(cfg: OmniretConfig, datasets: list[EvalDataset], *, embedder=None,
                              for b in cfg.eval.baselines},
         "skipped_datasets": list(skipped or []),
     }
+    if cfg.eval.rerank_top_k:
+        from omniret.eval.rerank import rerank_report
+
+        if reranker is None:
+            from omniret.models.reranker import Reranker
+
+            reranker = Reranker.from_config(cfg)
+        report["rerank"] = rerank_report(datasets, {n: e.scorer() for n, e in embedded.items()},
+                                         {n: e.failed_queries for n, e in embedded.items()}, reranker,
+                                         cfg.eval.rerank_top_k, cfg.eval.ties)
+    return report
 
 
 def _score(cfg: OmniretConfig, ds: EvalDataset, emb: EmbeddedSet) -> dict[str, Any]:

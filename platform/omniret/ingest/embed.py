@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -29,18 +28,10 @@ log = logging.getLogger(__name__)
 
 
 def model_tag(cfg: OmniretConfig) -> str:
-    """Name of the vectors' model as stored in the table: checkpoint, adapter, Matryoshka size.
+    """Name of the vectors' model as stored in the table (:func:`omniret.models.backbone.model_tag`)."""
+    from omniret.models.backbone import model_tag as tag
 
-    Vectors with different tags are not comparable, so a table holds one tag only.
-    """
-    from omniret.models.backbone import checkpoint_path
-
-    tag = checkpoint_path(cfg.model).name
-    if cfg.model.adapter:
-        tag += "+" + Path(cfg.model.adapter).name
-    if cfg.embed.dimensions:
-        tag += f"@{cfg.embed.dimensions}"
-    return tag
+    return tag(cfg.model, cfg.embed.dimensions)
 
 
 def model_dim(cfg: OmniretConfig) -> int:

@@ -55,6 +55,20 @@ def checkpoint_path(cfg: ModelConfig) -> Path:
     return ensure_tiny_model(cfg.tiny_dir, family=cfg.tiny_family, seed=cfg.seed)
 
 
+def model_tag(cfg: ModelConfig, dimensions: int | None = None) -> str:
+    """The one name of a model's outputs, everywhere (the index's stored tag, the API's model id):
+    checkpoint folder, ``+adapter`` folder, ``@dimensions`` (Matryoshka size) when set.
+
+    Vectors with different tags are not comparable, so an index table holds one tag only.
+    """
+    tag = checkpoint_path(cfg).name
+    if cfg.adapter:
+        tag += "+" + Path(cfg.adapter).name
+    if dimensions:
+        tag += f"@{dimensions}"
+    return tag
+
+
 @dataclass
 class Backbone:
     """A loaded vision-language model with its tokenizer and vision geometry."""

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from omniret.config import EmbedConfig, MediaConfig, OmniretConfig
 from omniret.errors import MediaError
 from omniret.items import Item, as_item
-from omniret.models.backbone import Backbone, forward_hidden, load_backbone
+from omniret.models.backbone import Backbone, forward_hidden, load_backbone, model_tag
 from omniret.models.batching import plan_batches
 from omniret.models.encoding import Encoded, InputEncoder
 from omniret.models.pooling import matryoshka, normalize, pool
@@ -45,8 +45,10 @@ class EmbeddingModel(nn.Module):
 
 class Embedder:
     def __init__(self, backbone: Backbone, media: MediaConfig | None = None, embed: EmbedConfig | None = None,
-                 template: str = "qwen3_vl_embedding", max_length: int = 8192):
+                 template: str = "qwen3_vl_embedding", max_length: int = 8192, model_id: str | None = None):
         self.backbone = backbone
+        # The public name of the vectors (models.backbone.model_tag); the folder name when built by hand.
+        self.model_id = model_id or backbone.path.name
         self.embed_cfg = embed or EmbedConfig()
         self.template = get_template(template)
         self.encoder = InputEncoder(backbone.tokenizer, backbone.family, backbone.spec, media or MediaConfig(),
@@ -55,15 +57,12 @@ class Embedder:
 
     @classmethod
     def from_config(cls, cfg: OmniretConfig) -> Embedder:
-        return cls(load_backbone(cfg.model), cfg.media, cfg.embed, cfg.model.template, cfg.model.max_length)
+        return cls(load_backbone(cfg.model), cfg.media, cfg.embed, cfg.model.template, cfg.model.max_length,
+                   model_tag(cfg.model, cfg.embed.dimensions))
 
     @property
     def dim(self) -> int:
         return self.backbone.model.config.text_config.hidden_size
-
-    @property
-    def model_id(self) -> str:
-        return self.backbone.path.name
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Collated batch -> (B, H) unit vectors, with gradients (training path)."""

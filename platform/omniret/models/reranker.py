@@ -17,11 +17,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from omniret.config import MediaConfig, OmniretConfig, RerankConfig
-from omniret.errors import MediaError
+from omniret.errors import ConfigError, MediaError
 from omniret.items import Item, as_item
-from omniret.models.backbone import Backbone, load_backbone
+from omniret.models.backbone import Backbone, forward_hidden, load_backbone, model_tag, unwrap
 from omniret.models.encoding import Encoded, InputEncoder, Part, Visual
 from omniret.models.pooling import last_token_pool
 from omniret.models.prompts import RERANK_HEAD, RERANK_TAIL, TEMPLATE, USER, VISUAL, get_template
@@ -44,31 +45,65 @@ def truncate_middle(ids: list[int], max_length: int, protected: set[int], tail_k
     return [t for i, t in enumerate(ids) if i not in drop]
 
 
+def single_token_id(tokenizer, word: str, where: str) -> int:
+    """The id of ``word`` as one token; a checkpoint whose tokenizer splits it cannot be a yes/no reranker."""
+    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ConfigError(f"reranker checkpoint {where}: its tokenizer splits {word!r} into {len(ids)} tokens "
+                          f"{ids}; a yes/no reranker scores one LM-head row per answer, so both 'yes' and 'no' "
+                          "must be single tokens (use a Qwen-VL tokenizer)")
+    return ids[0]
+
+
+class RerankingModel(nn.Module):
+    """``nn.Module`` view of the reranker's score, so DDP can wrap it in training.
+
+    forward(left-padded collated pairs) -> (B,) float32 logit_yes - logit_no at the last position,
+    through the collapsed head ``W[yes] - W[no]`` (plus the bias difference, if the head has a bias).
+    """
+
+    def __init__(self, model: nn.Module, yes_id: int, no_id: int):
+        super().__init__()
+        self.model = model
+        self.yes_id, self.no_id = yes_id, no_id
+
+    def binary_head(self) -> torch.Tensor:
+        weight = unwrap(self.model).lm_head.weight
+        return weight[self.yes_id] - weight[self.no_id]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = forward_hidden(self.model, batch)
+        last = last_token_pool(hidden, batch["attention_mask"].to(hidden.device))
+        diff = last @ self.binary_head().to(last.dtype)
+        bias = getattr(unwrap(self.model).lm_head, "bias", None)
+        if bias is not None:
+            diff = diff + (bias[self.yes_id] - bias[self.no_id])
+        return diff.float()
+
+
 class Reranker:
-    def __init__(self, backbone: Backbone, media: MediaConfig | None = None, cfg: RerankConfig | None = None):
+    def __init__(self, backbone: Backbone, media: MediaConfig | None = None, cfg: RerankConfig | None = None,
+                 model_id: str | None = None):
         self.backbone = backbone
         self.cfg = cfg or RerankConfig()
         tok = backbone.tokenizer
+        # Checked first: a checkpoint that cannot answer yes/no is refused before anything else is built.
+        self.yes_id, self.no_id = (single_token_id(tok, word, str(backbone.path)) for word in ("yes", "no"))
+        self.model_id = model_id or backbone.path.name
         # The template argument only matters for video handling; rerank prompts are built here.
         self.encoder = InputEncoder(tok, backbone.family, backbone.spec, media or MediaConfig(),
                                     get_template("qwen3_vl_embedding"), self.cfg.max_length)
-        self.yes_id, self.no_id = (self._single_token(word) for word in ("yes", "no"))
         self.protected = set(tok.all_special_ids) | {self.encoder.image_id, self.encoder.video_id}
+        self.network = RerankingModel(backbone.model, self.yes_id, self.no_id)
 
     @classmethod
     def from_config(cls, cfg: OmniretConfig) -> Reranker:
-        return cls(load_backbone(cfg.model), cfg.media, cfg.rerank)
-
-    def _single_token(self, word: str) -> int:
-        ids = self.backbone.tokenizer(word, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise ValueError(f"the tokenizer splits {word!r} into {len(ids)} tokens; a yes/no reranker needs one")
-        return ids[0]
+        """The reranker of ``cfg.rerank.model`` (its own checkpoint, not the embedder's ``cfg.model``)."""
+        return cls(load_backbone(cfg.rerank.model), cfg.media, cfg.rerank, model_tag(cfg.rerank.model))
 
     def binary_head(self) -> torch.Tensor:
-        """(H,) weight of the collapsed head: W_lm[yes] - W_lm[no] (plus bias difference if any)."""
-        weight = self.backbone.lm_head.weight
-        return weight[self.yes_id] - weight[self.no_id]
+        """(H,) weight of the collapsed head: W_lm[yes] - W_lm[no]."""
+        return self.network.binary_head()
 
     def _side(self, label: str, item: Item, name: str, first: int) -> tuple[list[Part], list[Visual]]:
         """Decode one side of a pair once: its prompt parts (visual indices from ``first``) and visuals."""
@@ -101,14 +136,7 @@ class Reranker:
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B,) logit_yes - logit_no at the last position."""
-        hidden = self.backbone.hidden_states(batch)
-        last = last_token_pool(hidden, batch["attention_mask"].to(hidden.device))
-        head = self.binary_head().to(last.dtype)
-        diff = last @ head
-        bias = getattr(self.backbone.lm_head, "bias", None)
-        if bias is not None:
-            diff = diff + (bias[self.yes_id] - bias[self.no_id])
-        return diff.float()
+        return self.network(batch)
 
     @torch.inference_mode()
     def score(self, query: Item | str, documents: Sequence[Item | str], instruction: str | None = None

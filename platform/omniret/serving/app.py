@@ -57,8 +57,9 @@ def pin_paths(cfg: OmniretConfig) -> OmniretConfig:
         return value if "://" in value else str(Path(value).expanduser().resolve())
 
     data = cfg.model_dump()
-    if not cfg.model.path:
-        data["model"]["path"] = str(checkpoint_path(cfg.model).resolve())
+    for section, model in ((data, cfg.model), (data["rerank"], cfg.rerank.model)):  # embedder, reranker
+        if not model.path:
+            section["model"]["path"] = str(checkpoint_path(model).resolve())
     data["index"]["uri"] = absolute(cfg.index.uri)
     data["serve"]["upload_dir"] = absolute(cfg.serve.upload_dir)
     data["serve"]["allowed_roots"] = [absolute(r) for r in cfg.serve.allowed_roots]

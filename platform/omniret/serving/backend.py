@@ -66,8 +66,9 @@ class Outcome:
 
 
 class Backend(Protocol):
-    model_id: str
+    model_id: str  # the embedder's
     dim: int
+    rerank_model_id: str | None  # the reranker's (its own checkpoint); None: no reranker
 
     async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0) -> Outcome: ...
 
@@ -164,6 +165,7 @@ class LocalBackend:
         self.embedder = embedder
         self.reranker = reranker
         self.model_id = embedder.model_id
+        self.rerank_model_id = reranker.model_id if reranker is not None else None
         self.dim = embedder.embed_cfg.dimensions or embedder.dim
         self.batch_pixels = batch_pixels
         self._lock = asyncio.Lock()  # one model call at a time, like one replica
@@ -191,9 +193,9 @@ class HandleBackend:
     """
 
     def __init__(self, embedder: Any, reranker: Any, model_id: str, dim: int, timeout_s: float = 120.0,
-                 health_timeout_s: float = 5.0):
+                 health_timeout_s: float = 5.0, rerank_model_id: str | None = None):
         self.embedder, self.reranker = embedder, reranker
-        self.model_id, self.dim = model_id, dim
+        self.model_id, self.dim, self.rerank_model_id = model_id, dim, rerank_model_id
         self.timeout_s, self.health_timeout_s = timeout_s, health_timeout_s
 
     async def _call(self, response: Any, what: str, timeout_s: float) -> Any:

@@ -60,7 +60,7 @@ class RerankerDeployment:
         self._batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
 
     def info(self) -> dict:
-        return {"model_id": self.reranker.backbone.path.name}
+        return {"model_id": self.reranker.model_id}
 
     async def rerank(self, query: Item, documents: list[Item], instruction: str | None, cost: int = 0) -> Outcome:
         return await self._batch((query, documents, instruction, cost))
@@ -79,10 +79,10 @@ class SearchIngress:
         from omniret.index.store import IndexStore
 
         self.cfg = OmniretConfig.model_validate(cfg)
-        info = await embedder.info.remote()
+        info, rerank_info = await embedder.info.remote(), await reranker.info.remote()
         serve_cfg = self.cfg.serve
         self.backend = HandleBackend(embedder, reranker, info["model_id"], info["dim"],
-                                     serve_cfg.request_timeout_s, serve_cfg.health_timeout_s)
+                                     serve_cfg.request_timeout_s, serve_cfg.health_timeout_s, rerank_info["model_id"])
         # Never written from here; new ingests become visible after index.read_consistency_s.
         self.store = IndexStore(self.cfg.index)
         self.requests = metrics.Counter("omniret_http_requests", description="HTTP requests by path and status.",

@@ -206,7 +206,9 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": backend.model_id, "object": "model", "owned_by": "omniret"}]}
+        entries = [(backend.model_id, "embedding"), (backend.rerank_model_id, "rerank")]
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "omniret", "task": task}
+                                           for name, task in entries if name is not None]}
 
     @app.post("/v1/embeddings")
     async def embeddings(request: EmbeddingsRequest) -> dict:
@@ -226,7 +228,7 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
 
     @app.post("/v1/rerank")
     async def rerank(request: RerankRequest) -> dict:
-        _check_model(request.model)
+        _check_model(request.model, backend.rerank_model_id)
         with parser() as inputs:
             instruction = inputs.instruction(request.instruction, "instruction")
             query = await asyncio.to_thread(inputs.item, request.query, "query", None)
@@ -240,7 +242,7 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
                 raw = request.documents[i]
                 result["document"] = {"text": raw} if isinstance(raw, str) else raw.model_dump()
             results.append(result)
-        return {"model": backend.model_id, "results": results}
+        return {"model": backend.rerank_model_id, "results": results}
 
     @app.post("/search")
     async def search(request: SearchRequest) -> dict:
@@ -284,9 +286,10 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
             raise InputError("job_id", "this service does not ingest uploads", 503)
         return await asyncio.to_thread(ingestor.status, job_id)
 
-    def _check_model(name: str | None) -> None:
-        if name and name != backend.model_id:
-            raise InputError("model", f"unknown model {name!r}; this service serves {backend.model_id!r}", 404)
+    def _check_model(name: str | None, served: str | None = None) -> None:
+        served = served or backend.model_id
+        if name and name != served:
+            raise InputError("model", f"unknown model {name!r}; this endpoint serves {served!r}", 404)
 
     known_paths = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(BodyLimit, limit=serve_cfg.max_request_bytes)  # outermost: before any parsing

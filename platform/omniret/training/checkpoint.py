@@ -136,13 +136,14 @@ def describe(folder: str | Path) -> dict[str, Any]:
     return json.loads((Path(folder) / INFO_FILE).read_text())
 
 
-def load_overrides(folder: str | Path) -> list[str]:
-    """Config overrides that load this checkpoint in the embedder, reranker or server."""
+def load_overrides(folder: str | Path, section: str = "model") -> list[str]:
+    """Config overrides that load this checkpoint as ``section`` (``model``: the embedder; ``rerank.model``:
+    the reranker)."""
     folder = Path(folder).resolve()
     info = describe(folder)
     if info["mode"] == "lora":
-        return [f"model.path={info['base']}", f"model.adapter={folder}"]
-    return [f"model.path={folder}"]
+        return [f"{section}.path={info['base']}", f"{section}.adapter={folder}"]
+    return [f"{section}.path={folder}"]
 
 
 def stored_dtype(model_dir: str | Path) -> torch.dtype:

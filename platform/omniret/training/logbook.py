@@ -74,6 +74,8 @@ def console_line(row: dict[str, Any], total: int) -> str:
     """One progress line: a text progress bar, step, epoch, group, loss, temperature, negatives, throughput,
     memory (worker logs reach the driver line by line, so the bar is redrawn as text, not in place)."""
     done = int(20 * row["step"] / max(total, 1))
+    # a reranker step reports yes-probabilities instead of a temperature and negatives
+    middle = (f"p_yes pos {row['p_yes_pos']:.3f} neg {row.get('p_yes_neg', float('nan')):.3f} " if "p_yes_pos" in row
+              else f"tau {row.get('temperature', float('nan')):.4f} negatives {row.get('num_negatives', 0):.1f} ")
     return (f"[{'#' * done}{'.' * (20 - done)}] step {row['step']}/{total} epoch {row['epoch']} [{row['group']}] loss {row['loss']:.4f} "
-            f"tau {row.get('temperature', float('nan')):.4f} negatives {row.get('num_negatives', 0):.1f} "
-            f"{row['pairs_per_s']:.1f} pairs/s lr {row['lr']:.2e} peak {row['peak_mem_mb']:.0f} MB")
+            f"{middle}{row['pairs_per_s']:.1f} pairs/s lr {row['lr']:.2e} peak {row['peak_mem_mb']:.0f} MB")

@@ -14,6 +14,10 @@ the latest one with the same step count and sampler position. Rank 0 logs every 
 fingerprint), evaluates every ``train.eval_every`` steps and at the end, and writes the stage's
 output (``final/``) and the curves (``curves.png``).
 
+The objective's own part of a step (encoding, forward, loss, backward, its metrics and the models
+its evaluation uses) is a :class:`~omniret.training.steps.TrainStep`: :class:`ContrastiveStep` here,
+the reranker's in :mod:`omniret.training.rerank` (``train.objective``).
+
 Inputs are decoded by the worker itself rather than fed through Ray Data: batches are homogeneous,
 drawn by a sampler whose probabilities can depend on the model (the GVE probe at each epoch start)
 and which must resume mid-epoch exactly; a streaming dataset can neither follow the probe nor seek.
@@ -38,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from omniret.config import OmniretConfig
+from omniret.config import ModelConfig, OmniretConfig
 from omniret.data.mixing import load_mixture
 from omniret.data.schema import TASK_GROUPS, Pair
 from omniret.losses import ContrastiveLoss, LossOutput, TaskTemperature, build_loss
@@ -61,6 +65,7 @@ from omniret.training.sampling import (
     pyramid_probabilities,
     sigma_at_step,
 )
+from omniret.training.steps import build_step
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +170,74 @@ def _barrier() -> None:
         dist.barrier()
 
 
+class ContrastiveStep:
+    """:class:`~omniret.training.steps.TrainStep` of contrastive training: a GradCache step (or a plain
+    full-batch step) of the configured loss over queries, positives and explicit hard negatives."""
+
+    def __init__(self, worker):
+        t, cfg = worker.cfg.train, worker.cfg
+        self.cfg, self.device, self.world, self.cache = cfg, worker.device, worker.world, worker.cache
+        self.autocast = worker.autocast
+        self.embedder = Embedder(worker.backbone, cfg.media, cfg.embed.model_copy(update={"progress": False}),
+                                 cfg.model.template, cfg.model.max_length)
+        self.encoder = self.embedder.encoder
+        self.net = worker.ctx.prepare_model(EmbeddingModel(worker.model, worker.backbone.pooling))
+        self.loss = build_training_loss(cfg, worker.total_steps).to(self.device)
+        self.gradcache = GradCache(self.net, self.loss, self.encoder.collate, t.query_chunk_size,
+                                   t.target_chunk_size, self.autocast)
+
+    def inputs(self, pairs: list[Pair]) -> StepInputs:
+        t = self.cfg.train
+        return encode_pairs(pairs, self.encoder, t.negatives, t.instructions, self.cache)
+
+    def run(self, inputs: StepInputs, step: int) -> LossOutput:
+        keys = _gather_objects(inputs.target_keys if self._mask_duplicates else None)
+        kwargs = self._loss_kwargs(inputs, [k for r in keys for k in (r or [])], step)
+        step_fn = self.gradcache.step if self.cfg.train.gradcache else self._plain_step
+        out = step_fn(inputs.queries, inputs.targets, inputs.negatives or None, **kwargs)
+        if self._learnable_temperature and self.world > 1:
+            average_gradients(self.loss)
+        return out
+
+    def metrics(self, inputs: StepInputs, out: LossOutput) -> dict[str, float]:
+        return {**{key: _metric(out.metrics, key) for key in ("temperature", "num_negatives", "fn_masked_per_row",
+                                                               "rows_without_negatives", "pos_sim", "neg_sim")},
+                "hard_negatives": inputs.negatives_per_query, "filled_negatives": inputs.filled}
+
+    def eval_models(self) -> dict[str, Any]:
+        return {"embedder": self.embedder}
+
+    def _plain_step(self, queries, targets, negatives, **kwargs) -> LossOutput:
+        return full_batch_step(self.net, self.loss, self.encoder.collate, queries, targets, negatives,
+                               self.autocast, **kwargs)
+
+    @property
+    def _inner_loss(self) -> nn.Module:
+        return getattr(self.loss, "inner", self.loss)
+
+    @property
+    def _mask_duplicates(self) -> bool:
+        return self.cfg.loss.mask_duplicates and getattr(self._inner_loss, "supports_positive_mask", False)
+
+    @property
+    def _learnable_temperature(self) -> bool:
+        return any(p.requires_grad for p in self.loss.parameters())
+
+    def _loss_kwargs(self, inputs: StepInputs, global_keys: list[str], step: int) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"task_ids": torch.tensor(inputs.task_ids, device=self.device), "step": step,
+                                  "q_modality": torch.tensor(inputs.query_modality, device=self.device),
+                                  "t_modality": torch.tensor(inputs.target_modality, device=self.device)}
+        if self._mask_duplicates:
+            keys = np.array(global_keys, dtype=object)
+            kwargs["positive_mask"] = torch.from_numpy(keys[:, None] == keys[None, :]).to(self.device)
+        return kwargs
+
+
+def trained_model(cfg: OmniretConfig) -> ModelConfig:
+    """The model section a stage trains: ``rerank.model`` for the reranker, else ``model``."""
+    return cfg.rerank.model if cfg.train.objective == "rerank" else cfg.model
+
+
 class TrainWorker:
     """One rank's training run; ``ctx`` is a :class:`~omniret.training.context.LocalContext` or
     :class:`~omniret.training.context.RayTrainContext`."""
@@ -200,18 +273,13 @@ class TrainWorker:
         torch.manual_seed(t.seed)  # identical initial adapters on every rank (DDP also broadcasts them)
         self.backbone, self.base_dir = self._load_model(resume)
         self.model = self.backbone.model
-        self.embedder_view = Embedder(self.backbone, self.cfg.media, self.cfg.embed.model_copy(
-            update={"progress": False}), self.cfg.model.template, self.cfg.model.max_length)
-        self.encoder = self.embedder_view.encoder
         self.cache = EncodeCache(t.cache_mb) if t.cache_mb else None
-        self.net = self.ctx.prepare_model(EmbeddingModel(self.model, self.backbone.pooling))
-        self.loss = build_training_loss(self.cfg, self.total_steps).to(self.device)
+        self.autocast = self._autocast_dtype()
+        self.objective = build_step(self)  # the objective's per-step part (omniret.training.steps)
+        self.net, self.loss = self.objective.net, self.objective.loss
         self.optimizer = build_optimizer(self.net, self.loss, t.lr, t.weight_decay, t.temperature_lr)
         self.scheduler = warmup_cosine(self.optimizer, self.total_steps, round(t.warmup_ratio * self.total_steps),
                                        t.min_lr_ratio)
-        self.autocast = self._autocast_dtype()
-        self.gradcache = GradCache(self.net, self.loss, self.encoder.collate, t.query_chunk_size,
-                                   t.target_chunk_size, self.autocast)
         seed = t.seed + 1000 * self.rank
         random.seed(seed)
         np.random.seed(seed % 2**32)
@@ -227,7 +295,7 @@ class TrainWorker:
         self.model.train()
 
     def _load_model(self, resume: Path | None) -> tuple[Backbone, Path]:
-        t, model_cfg = self.cfg.train, self.cfg.model.model_copy()
+        t, model_cfg = self.cfg.train, trained_model(self.cfg).model_copy()
         model_cfg.device = str(self.device)
         if t.mode == "full" and model_cfg.dtype == "auto":
             model_cfg.dtype = "float32"  # full training keeps fp32 master weights; bf16 only in autocast
@@ -296,7 +364,7 @@ class TrainWorker:
         instructions = self.cfg.train.instructions
         items = [training_side(s, instructions).to_item() for p in pairs for s in (p.query, p.positives[0])]
         with self.evaluating():
-            vectors, kept, _ = self.embedder_view.encode_lenient(items)
+            vectors, kept, _ = self.objective.embedder.encode_lenient(items)
         got = dict(zip(kept, vectors, strict=True))
         return [float(got[2 * i] @ got[2 * i + 1]) for i in range(len(pairs)) if 2 * i in got and 2 * i + 1 in got]
 
@@ -316,19 +384,13 @@ class TrainWorker:
             self.begin_epoch()
         batch = self.sampler.next()
         pairs = self.sampler.pairs_of(batch)
-        inputs = encode_pairs([pairs[i] for i in shard(range(len(pairs)), self.rank, self.world)],
-                              self.encoder, t.negatives, t.instructions, self.cache)
-        rows = _gather_objects((inputs.rows, inputs.target_keys if self._mask_duplicates else None))
-        counts = [r[0] for r in rows]
+        inputs = self.objective.inputs([pairs[i] for i in shard(range(len(pairs)), self.rank, self.world)])
+        counts = _gather_objects(inputs.rows)
         if min(counts) == 0:
             log.warning("step %d: batch %d of epoch %d skipped: a worker has no usable pair (%s)",
                         self.step + 1, batch.position, batch.epoch, "; ".join(inputs.dropped[:3]))
             return None
-        kwargs = self._loss_kwargs(inputs, [k for r in rows for k in (r[1] or [])])
-        step_fn = self.gradcache.step if t.gradcache else self._plain_step
-        out = step_fn(inputs.queries, inputs.targets, inputs.negatives or None, **kwargs)
-        if self._learnable_temperature and self.world > 1:
-            average_gradients(self.loss)
+        out = self.objective.run(inputs, self.step)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = (float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)) if t.max_grad_norm
                      else float("nan"))
@@ -340,42 +402,14 @@ class TrainWorker:
         elapsed = time.perf_counter() - started
         row = {"step": self.step, "epoch": batch.epoch, "group": batch.group, "batch": batch.fingerprint(),
                "pairs": sum(counts), "loss": _mean_over_ranks(out.loss), "lr": lr, "grad_norm": grad_norm,
-               **{key: _metric(out.metrics, key) for key in ("temperature", "num_negatives", "fn_masked_per_row",
-                                                              "rows_without_negatives", "pos_sim", "neg_sim")},
-               "hard_negatives": inputs.negatives_per_query, "filled_negatives": inputs.filled,
-               "dropped": len(inputs.dropped),
+               **self.objective.metrics(inputs, out), "dropped": len(inputs.dropped),
                "step_s": elapsed, "pairs_per_s": sum(counts) / elapsed,
                "peak_mem_mb": peak_memory_mb(self.device), **self.temperatures()}
-        if row["rows_without_negatives"] > 0:  # their loss is 0: no gradient (docs/RECIPES.md, masking)
+        if row.get("rows_without_negatives", 0) > 0:  # their loss is 0: no gradient (docs/RECIPES.md, masking)
             log.warning("step %d: masking left %d of %d rows of rank %d without a negative (loss %.4g); see "
                         "docs/RECIPES.md on false-negative masking", self.step, row["rows_without_negatives"],
                         inputs.rows, self.rank, row["loss"])
         return row
-
-    def _plain_step(self, queries, targets, negatives, **kwargs) -> LossOutput:
-        return full_batch_step(self.net, self.loss, self.encoder.collate, queries, targets, negatives,
-                               self.autocast, **kwargs)
-
-    @property
-    def _inner_loss(self) -> nn.Module:
-        return getattr(self.loss, "inner", self.loss)
-
-    @property
-    def _mask_duplicates(self) -> bool:
-        return self.cfg.loss.mask_duplicates and getattr(self._inner_loss, "supports_positive_mask", False)
-
-    @property
-    def _learnable_temperature(self) -> bool:
-        return any(p.requires_grad for p in self.loss.parameters())
-
-    def _loss_kwargs(self, inputs: StepInputs, global_keys: list[str]) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"task_ids": torch.tensor(inputs.task_ids, device=self.device), "step": self.step,
-                                  "q_modality": torch.tensor(inputs.query_modality, device=self.device),
-                                  "t_modality": torch.tensor(inputs.target_modality, device=self.device)}
-        if self._mask_duplicates:
-            keys = np.array(global_keys, dtype=object)
-            kwargs["positive_mask"] = torch.from_numpy(keys[:, None] == keys[None, :]).to(self.device)
-        return kwargs
 
     def temperatures(self) -> dict[str, float]:
         """Current value of every learnable temperature (per task for the task temperature)."""
@@ -410,7 +444,7 @@ class TrainWorker:
 
     def embedder(self) -> Embedder:
         """An embedder on the in-training model (call inside :meth:`evaluating` for eval-mode outputs)."""
-        return self.embedder_view
+        return self.objective.embedder
 
     def evaluate(self, tag: str, max_queries: int | None) -> dict[str, Any] | None:
         """Rank 0 scores the current model on the evaluation sets; the others wait."""
@@ -418,6 +452,7 @@ class TrainWorker:
         if self.rank == 0:
             from omniret.eval.mmeb import load_datasets
             from omniret.eval.report import write_report
+            from omniret.eval.rerank import summary_columns
             from omniret.eval.runner import evaluate
 
             cfg = self.cfg.model_copy(deep=True)
@@ -429,7 +464,7 @@ class TrainWorker:
             datasets = self._eval_sets[max_queries]
             if datasets:
                 with self.evaluating():
-                    report = evaluate(cfg, datasets, embedder=self.embedder_view)
+                    report = evaluate(cfg, datasets, **self.objective.eval_models())
                 report["step"] = self.step
                 report["model"].update(id=f"{self.cfg.train.name} step {self.step}", path=str(self.run_dir),
                                        start=report["model"]["path"], tiny_random=False)
@@ -437,7 +472,7 @@ class TrainWorker:
                 scores = {row["name"]: row["score"] for row in report["datasets"]}
                 summary = {"step": self.step, "tag": tag, **{k: v for k, v in report["summary"].items()
                                                              if k in ("Overall", "Image", "Video", "VisDoc")},
-                           **scores}
+                           **scores, **summary_columns(report)}
                 self.eval_log.write(summary)
                 log.info("evaluation at step %d (%s): Overall %.1f", self.step, tag, summary.get("Overall", math.nan))
             else:
@@ -474,7 +509,8 @@ class TrainWorker:
         if t.eval_at_end:
             summary = self.evaluate("final", self.cfg.eval.max_queries)
             if summary:
-                result.update({k: v for k, v in summary.items() if k in ("Overall", "Image", "Video", "VisDoc")})
+                result.update({k: v for k, v in summary.items()
+                               if k in ("Overall", "Image", "Video", "VisDoc") or k.startswith("rerank_")})
         if self.rank == 0:
             from omniret.training.context import latest_checkpoint
             from omniret.training.plot import plot_run

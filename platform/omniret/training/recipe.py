@@ -1,7 +1,9 @@
 """Staged training: a recipe is a list of stages, each a full configuration, run in order.
 
 Stage k starts from stage k-1's output (``train.init_from`` defaults to the previous run folder,
-whose ``final/`` is a merged HF checkpoint), so RzenEmbed's two stages are two entries: stage 1 on
+whose ``final/`` is a merged HF checkpoint; a reranker stage, ``train.objective: rerank``, trains
+``rerank.model`` and is skipped in this chain: the stage after it starts from the embedder before
+it, which is also the reranker stage's ``model``, the embedder that retrieves for its evaluation), so RzenEmbed's two stages are two entries: stage 1 on
 pairs without instructions (``train.instructions: false``), stage 2 with instructions and hard
 negatives (``train.negatives: K``). A stage with ``mine.before_training: true`` first mines hard
 negatives for its pairs with the previous stage's model and trains on the mined files. Every stage
@@ -74,22 +76,31 @@ def rebase(cfg: OmniretConfig, root: Path) -> OmniretConfig:
     out.data.root, out.eval.root = under(out.data.root), under(out.eval.root)
     out.train.output_dir = under(out.train.output_dir)
     out.train.init_from, out.eval.out, out.mine.out = under(out.train.init_from), under(out.eval.out), under(out.mine.out)
-    out.model.path, out.model.adapter, out.model.tiny_dir = under(out.model.path), under(out.model.adapter), \
-        under(out.model.tiny_dir)
+    for model in (out.model, out.rerank.model):
+        model.path, model.adapter, model.tiny_dir = under(model.path), under(model.adapter), under(model.tiny_dir)
     return out
 
 
 def run_stages(stages: list[OmniretConfig], *, local: bool = False) -> list[TrainResult]:
     """Train the stages in order, chaining each to the previous one's output (and mining when asked)."""
     results: list[TrainResult] = []
+    embedder_run: Path | None = None  # the latest stage that trained the embedder
+    reranker_run: Path | None = None  # the latest stage that trained the reranker
     for i, cfg in enumerate(stages):
         cfg = cfg.model_copy(deep=True)
-        if results and not cfg.train.init_from:
-            cfg.train.init_from = str(results[-1].run_dir)
+        if embedder_run is not None and not cfg.train.init_from:
+            cfg.train.init_from = str(embedder_run)
+        if reranker_run is not None and cfg.train.objective != "rerank" and not cfg.rerank.model.path:
+            # later embedder stages are evaluated with the trained reranker (eval.rerank_top_k)
+            cfg.rerank.model.path = str(reranker_run / "final")
         log.info("stage %d/%d: %s", i + 1, len(stages), cfg.train.name)
         if cfg.mine.before_training:
             cfg = mine_for_stage(cfg)
         results.append(fit(cfg, local=local))
+        if cfg.train.objective == "rerank":
+            reranker_run = results[-1].run_dir
+        else:
+            embedder_run = results[-1].run_dir
         log.info("stage %s done: %s", cfg.train.name, _scores(results[-1].metrics))
     return results
 
@@ -124,3 +135,35 @@ def summary_lines(results: list[TrainResult]) -> list[str]:
     """One line per stage: where it is and how it scored."""
     return [f"{r.run_dir.name}: {'already finished, ' if r.skipped else ''}output {r.final}; {_scores(r.metrics)}"
             for r in results]
+
+
+def stage_tables(stages: list[OmniretConfig], results: list[TrainResult]) -> str:
+    """One markdown table per stage from its final evaluation (``eval/final/report.json``): the embedder
+    alone (each dataset's main metric, MMEB means) and, where the stage reranked, hit@1 and nDCG@5
+    of the embedder alone and of the embedder + reranker."""
+    import json
+
+    groups = ("Image", "Video", "VisDoc", "Overall")
+    out = []
+    for cfg, result in zip(stages, results, strict=True):
+        path = result.run_dir / "eval" / "final" / "report.json"
+        if not path.is_file():
+            out.append(f"{cfg.train.name}: no final evaluation ({path} is missing)\n")
+            continue
+        report = json.loads(path.read_text())
+        rows = [("embedder alone, main metric", report["summary"])]
+        section = report.get("rerank")
+        if section:
+            s = section["summary"]
+            rows += [("embedder alone, hit@1", s["hit@1"]["before"]),
+                     (f"embedder + reranker (top {section['top_k']}), hit@1", s["hit@1"]["after"]),
+                     ("embedder alone, nDCG@5", s["ndcg@5"]["before"]),
+                     (f"embedder + reranker (top {section['top_k']}), nDCG@5", s["ndcg@5"]["after"])]
+        kind = "reranker" if cfg.train.objective == "rerank" else "embedder"
+        lines = [f"{cfg.train.name} ({kind}, {report.get('step', '?')} steps, seed {cfg.train.seed})", "",
+                 "| model | " + " | ".join(groups) + " |", "|---|" + "---:|" * len(groups)]
+        for label, summary in rows:
+            lines.append(f"| {label} | " + " | ".join(f"{summary[g]:.1f}" if g in summary else "n/a"
+                                                       for g in groups) + " |")
+        out.append("\n".join(lines) + "\n")
+    return "\n".join(out)

@@ -62,19 +62,29 @@ def resolve(cfg: OmniretConfig) -> OmniretConfig:
     """A copy with absolute paths (workers may run elsewhere) and the starting model set."""
     from omniret.config import apply_overrides
     from omniret.models.backbone import checkpoint_path
+    from omniret.training.loop import trained_model
 
     out = cfg.model_copy(deep=True)
     if out.train.init_from:
         data = out.model_dump()
         apply_overrides(data, stage_model(out.train.init_from))
         out = OmniretConfig.model_validate(data)
-    if out.train.mode == "lora" and out.model.adapter:
+    if out.train.objective == "rerank" and out.rerank.init_from_embedder:
+        out.rerank.model = out.model.model_copy()
+    trained = trained_model(out)
+    if out.train.objective == "rerank":
+        if not out.eval.rerank_top_k and (out.train.eval_at_end or out.train.eval_every):
+            raise ConfigError("a rerank stage is evaluated by reranking the embedder's top k: set eval.rerank_top_k "
+                              "(e.g. 5), or train.eval_at_end=false and train.eval_every=0")
+        out.rerank.model.path = str(checkpoint_path(out.rerank.model).resolve())
+    if out.train.mode == "lora" and trained.adapter:
         raise ConfigError("LoRA training starts from a full checkpoint, not base + adapter: start from a run "
                           "folder (its final/ has the adapter merged) or merge the adapter first (omniret soup "
                           "with one adapter and weight 1)")
     out.model.path = str(checkpoint_path(out.model).resolve())  # builds the tiny model once, here
-    if out.model.adapter:
-        out.model.adapter = str(Path(out.model.adapter).expanduser().resolve())
+    for model in (out.model, out.rerank.model):
+        if model.adapter:
+            model.adapter = str(Path(model.adapter).expanduser().resolve())
     out.data.train = [str(Path(p).expanduser().resolve()) for p in out.data.train]
     if out.data.root:
         out.data.root = str(Path(out.data.root).expanduser().resolve())
