@@ -278,3 +278,37 @@ def test_stage_adapters_soup_into_one_checkpoint(tiny_dirs, bench, tmp_path):
     only_a = soup(tiny_dirs["qwen2_vl"], [f / "adapter" for f in finals], [1.0, 0.0], tmp_path / "only-a")
     np.testing.assert_allclose(Embedder.from_config(load_config(None, [f"model.path={only_a}"])).encode(
         items, progress=False), vectors["a"], atol=2e-5)  # weight 1 on one stage's adapter is that stage's model
+
+
+def test_distill_step_feeds_teacher_scores_to_the_loss(tiny_dirs, tmp_path):
+    """loss.name=distill: the worker hands each pair's teacher scores to the loss (a step runs and its loss
+    is the distillation cross-entropy, finite and positive); pairs without scores are a clear error."""
+    from omniret.data.schema import Pair, Side, write_pairs
+
+    def pairs(scored: bool) -> list[Pair]:
+        out = []
+        for i in range(8):
+            pair = Pair(Side(text=f"query {i} about a red circle"), [Side(text=f"red circle {i}")],
+                        [Side(text=f"blue square {i}.{k}") for k in range(2)], dataset="d", task="image_retrieval",
+                        id=f"d:{i}")
+            pair.teacher_scores = [4.0, -1.0, -2.0] if scored else None
+            out.append(pair)
+        return out
+
+    for scored in (True, False):
+        folder = tmp_path / f"pairs_{scored}"
+        folder.mkdir()
+        write_pairs(folder / "d.jsonl", pairs(scored))
+        cfg = load_config(None, [
+            f"model.path={tiny_dirs['qwen2_vl']}", f"data.train=[{folder}]", f"train.output_dir={tmp_path}",
+            f"train.name=distill_{scored}", "train.batch_size=8", "train.negatives=2", "train.mode=full",
+            "train.checkpoint_every=0", "train.eval_at_end=false", "train.torch_threads=1", "train.max_steps=1",
+            "loss.name=distill", "loss.options={teacher_temperature: 1.0}"])
+        worker = _worker(cfg)
+        worker.setup()
+        if scored:
+            row = worker.train_step()
+            assert math.isfinite(row["loss"]) and row["loss"] > 0
+        else:
+            with pytest.raises(ValueError, match="teacher_scores"):
+                worker.train_step()

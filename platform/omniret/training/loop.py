@@ -230,6 +230,11 @@ class ContrastiveStep:
         if self._mask_duplicates:
             keys = np.array(global_keys, dtype=object)
             kwargs["positive_mask"] = torch.from_numpy(keys[:, None] == keys[None, :]).to(self.device)
+        if getattr(self._inner_loss, "supports_teacher_scores", False):
+            if len(inputs.teacher_scores) != inputs.rows:
+                raise ValueError(f"loss {self.cfg.loss.name!r} needs teacher_scores on every pair; score the "
+                                 "pairs with the reranker first (omniret score-pairs)")
+            kwargs["teacher_scores"] = torch.tensor(inputs.teacher_scores, dtype=torch.float32, device=self.device)
         return kwargs
 
 
