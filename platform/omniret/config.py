@@ -305,9 +305,11 @@ class TrainConfig(Section):
     """Contrastive training on Ray Train: scale, what is trained, schedule, batching, checkpoints, evaluation."""
 
     name: str = Field("run", description="Run name: the folder under output_dir; running it again resumes it.")
-    objective: Literal["contrastive", "rerank"] = Field(
+    objective: Literal["contrastive", "rerank", "merge"] = Field(
         "contrastive", description="contrastive: train the embedder (`model`); rerank: train the yes/no reranker "
-        "(`rerank.model`) on the same pairs, `model` being the embedder that retrieves for its evaluation.")
+        "(`rerank.model`) on the same pairs, `model` being the embedder that retrieves for its evaluation; "
+        "merge (a recipe stage, no training): merge `merge.checkpoints` (default: the last two embedder "
+        "stages' outputs) into this stage's final/ and evaluate it.")
     output_dir: str = Field(".omniret/runs", description="Where runs live (shared storage on multi-node).")
     init_from: str | None = Field(
         None, description="Start from a previous stage: its run folder (final/ is used) or a checkpoint folder.")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -81,16 +82,26 @@ def test_stages_chain_and_mine_between(tiny_dirs, tmp_path):
                   "checkpoint_every": 0, "eval_at_end": False, "torch_threads": 1},
         "stages": [{"train": {"name": "one", "instructions": False}},
                    {"train": {"name": "two", "negatives": 1}, "mine": {"before_training": True, "top_k": 1,
-                                                                       "skip_top": 0}}]}))
-    first, second = run_stages(load_stages([recipe]), local=True)
+                                                                       "skip_top": 0}},
+                   {"train": {"name": "merged", "objective": "merge", "eval_at_end": True}}]}))
+    first, second, merged = run_stages(load_stages([recipe]), local=True)
     resolved = yaml.safe_load((second.run_dir / "config.yaml").read_text())
     assert resolved["model"]["path"] == str(first.final)
     assert resolved["data"]["train"] == [str(second.run_dir / "mined")]
     mined = read_pairs(second.run_dir / "mined")
     assert len(mined.pairs) == 16 and all(len(p.negatives) == 1 for p in mined.pairs)
     assert (second.final / "config.json").is_file()
+    # the merge stage averages the two stages' outputs (linear, equal weights) and evaluates the result
+    from safetensors.torch import load_file
+
+    def weights(folder: Path) -> dict:
+        return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+    a, b, m = weights(first.final), weights(second.final), weights(merged.final)
+    assert m.keys() == a.keys() and all(torch.allclose(m[k], (a[k] + b[k]) / 2, atol=1e-6) for k in m)
+    assert (merged.run_dir / "eval" / "final" / "report.json").is_file() and "Overall" in merged.metrics
     again = run_stages(load_stages([recipe]), local=True)  # finished stages are not trained again
-    assert [r.skipped for r in again] == [True, True]
+    assert [r.skipped for r in again] == [True, True, True]
 
 
 def test_ablation_rows_are_cumulative():

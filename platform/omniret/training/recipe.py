@@ -6,8 +6,12 @@ whose ``final/`` is a merged HF checkpoint; a reranker stage, ``train.objective:
 it, which is also the reranker stage's ``model``, the embedder that retrieves for its evaluation), so RzenEmbed's two stages are two entries: stage 1 on
 pairs without instructions (``train.instructions: false``), stage 2 with instructions and hard
 negatives (``train.negatives: K``). A stage with ``mine.before_training: true`` first mines hard
-negatives for its pairs with the previous stage's model and trains on the mined files. Every stage
-is evaluated at its end (``train.eval_at_end``) and every ``train.eval_every`` steps.
+negatives for its pairs with the previous stage's model and trains on the mined files; one with
+``score.before_training: true`` then scores its pairs with the reranker (``rerank.model``: the latest
+reranker stage by default) and trains on the scored files (the ``distill`` loss reads the scores). A
+merge stage (``train.objective: merge``) trains nothing: it merges the last two embedder stages (or
+``merge.checkpoints``) with ``merge.method`` and evaluates the result, Qwen3-VL-Embedding's last stage.
+Every stage is evaluated at its end (``train.eval_at_end``) and every ``train.eval_every`` steps.
 
 A recipe file is an ordinary config file plus a ``stages:`` list; each entry holds the sections
 that differ for that stage (deep-merged over the rest of the file). Several ``--config`` files
@@ -86,6 +90,7 @@ def run_stages(stages: list[OmniretConfig], *, local: bool = False) -> list[Trai
     results: list[TrainResult] = []
     embedder_run: Path | None = None  # the latest stage that trained the embedder
     reranker_run: Path | None = None  # the latest stage that trained the reranker
+    embedder_runs: list[Path] = []  # every embedder stage so far (what a merge stage merges by default)
     for i, cfg in enumerate(stages):
         cfg = cfg.model_copy(deep=True)
         if embedder_run is not None and not cfg.train.init_from:
@@ -94,13 +99,24 @@ def run_stages(stages: list[OmniretConfig], *, local: bool = False) -> list[Trai
             # later embedder stages are evaluated with the trained reranker (eval.rerank_top_k)
             cfg.rerank.model.path = str(reranker_run / "final")
         log.info("stage %d/%d: %s", i + 1, len(stages), cfg.train.name)
+        if cfg.train.objective == "merge":
+            results.append(merge_stage(cfg, embedder_runs))
+            embedder_run = results[-1].run_dir
+            embedder_runs.append(embedder_run)
+            log.info("stage %s done: %s", cfg.train.name, _scores(results[-1].metrics))
+            continue
         if cfg.mine.before_training:
             cfg = mine_for_stage(cfg)
+        if cfg.score.before_training:
+            from omniret.training.teacher_scores import score_for_stage
+
+            cfg = score_for_stage(cfg)
         results.append(fit(cfg, local=local))
         if cfg.train.objective == "rerank":
             reranker_run = results[-1].run_dir
         else:
             embedder_run = results[-1].run_dir
+            embedder_runs.append(embedder_run)
         log.info("stage %s done: %s", cfg.train.name, _scores(results[-1].metrics))
     return results
 
@@ -123,6 +139,39 @@ def mine_for_stage(cfg: OmniretConfig) -> OmniretConfig:
     cfg = cfg.model_copy(deep=True)
     cfg.data.train = [str(out)]
     return cfg
+
+
+def merge_stage(cfg: OmniretConfig, embedder_runs: list[Path]) -> TrainResult:
+    """``train.objective: merge``: merge ``merge.checkpoints`` (default: the outputs of the last two embedder
+    stages, as Qwen3-VL-Embedding merges its distilled model with the stage before) into ``<run>/final``,
+    then evaluate the merged model like a trained stage (``<run>/eval/final``)."""
+    from omniret.config import apply_overrides
+    from omniret.eval.runner import run as evaluate_model
+    from omniret.models.merge import merge_from_config
+    from omniret.training.logbook import record_event
+    from omniret.training.trainer import finished
+
+    run_dir = run_dir_of(cfg)
+    done = finished(run_dir)
+    if done is not None:
+        return TrainResult(run_dir, run_dir / "final", done, skipped=True)
+    checkpoints = cfg.merge.checkpoints or [str(r / "final") for r in embedder_runs[-2:]]
+    if len(checkpoints) < 2:
+        raise ConfigError(f"stage {cfg.train.name}: a merge stage needs merge.checkpoints or two embedder "
+                          "stages before it")
+    data = cfg.model_dump()
+    data["merge"].update(checkpoints=checkpoints, adapters=[], out=str(run_dir / "final"))
+    data["eval"]["out"] = str(run_dir / "eval" / "final")
+    apply_overrides(data, [f"model.path={run_dir / 'final'}", "model.adapter=null"])
+    merged = OmniretConfig.model_validate(data)
+    merge_from_config(merged)
+    log.info("merged %s into %s (%s)", ", ".join(checkpoints), run_dir / "final", cfg.merge.method)
+    metrics: dict[str, Any] = {"step": 0, "merged": checkpoints}
+    if cfg.train.eval_at_end:
+        report = evaluate_model(merged)
+        metrics.update({k: v for k, v in report["summary"].items() if isinstance(v, float)})
+    record_event(run_dir, "done", **metrics)
+    return TrainResult(run_dir, run_dir / "final", metrics)
 
 
 def _scores(metrics: dict[str, Any]) -> str:
