@@ -325,6 +325,33 @@ class MineConfig(Section):
     actors: int = Field(1, ge=1)
 
 
+class ReasonConfig(Section):
+    """The reasoner (Think-Then-Embed ECR): its checkpoint, decoding, and the job that stores the ECR."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The reasoner's checkpoint "
+                               "(any Qwen-VL; None path: the tiny offline model).")
+    template: str = Field("auto", description="Reasoner prompt (omniret.reasoning.templates): qa, visdoc, "
+                          "grounding, retrieval, video, or auto (by each item's task group).")
+    max_new_tokens: int = Field(256, ge=1, description="Generation limit; an unclosed <think> is cut here "
+                                "and recorded as truncated.")
+    do_sample: bool = Field(False, description="false: greedy (deterministic); true: sampled with temperature/top_p.")
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    seed: int = Field(0, description="Seed of sampled decoding (per batch, from the seed and the batch's keys).")
+    batch_size: int = Field(8, ge=1, description="Items per generate call (left-padded).")
+    max_length: int = Field(4096, ge=16, description="Prompt token limit of one item.")
+    sides: Literal["query", "target", "both"] = Field(
+        "query", description="Which sides of training pairs get ECR (evaluation sets: queries / candidates).")
+    pairs: list[str] = Field(default_factory=list, description="Pair files or folders to reason over.")
+    eval_root: str | None = Field(None, description="Evaluation folder (MMEB layout) to reason over.")
+    out: str = Field(".omniret/reasoning", description="Folder of ecr.jsonl and errors.jsonl.")
+    ray: bool = Field(True, description="Run the reasoner actors with Ray Data (false: in this process).")
+    actors: int = Field(1, ge=1, description="Reasoner actors (one model copy each).")
+    batch_rows: int = Field(16, ge=1, description="Items handed to a reasoner actor per call.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per reasoner actor.")
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of a Ray instance started locally.")
+
+
 class OmniretConfig(Section):
     model: ModelConfig = ModelConfig()
     media: MediaConfig = MediaConfig()
@@ -339,6 +366,7 @@ class OmniretConfig(Section):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     mine: MineConfig = MineConfig()
+    reason: ReasonConfig = ReasonConfig()
 
     @field_validator("*", mode="before")
     @classmethod
