@@ -112,6 +112,14 @@ def cmd_mine(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     return 0
 
 
+def cmd_reason(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.reasoning.job import apply_sources, run_reasoning
+
+    summary = run_reasoning(apply_sources(cfg, args.pairs, args.eval))
+    print("\n".join(summary.lines()))
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     from omniret.ingest.command import run
 
@@ -238,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="run folder, training checkpoint or HF checkpoint to mine with")
     p.add_argument("--source", action="append", type=Path, help="pair file or folder (default: data.train)")
     p.add_argument("--out", type=Path, help="folder for the mined pair files (default: mine.out)")
+    _add_config_args(p)
+
+    p = add("reason", cmd_reason, "write embedding-centric reasoning (ECR) for training pairs or evaluation "
+            "sets with a reasoner (Ray Data actors; resumable)")
+    p.add_argument("--pairs", action="append", type=Path, help="pair file or folder (default: reason.pairs)")
+    p.add_argument("--eval", type=Path, help="evaluation folder, MMEB layout (default: reason.eval_root)")
     _add_config_args(p)
 
     p = add("ingest", cmd_ingest, "ingest images, videos and PDFs into the LanceDB index with Ray Data")

@@ -221,3 +221,12 @@ def _stream_ray(cfg: OmniretConfig, rows: list[dict[str, Any]]):
         batch_format="numpy", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=r.actors),
         num_gpus=r.num_gpus or None)
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def apply_sources(cfg: OmniretConfig, pairs: list[Path] | None, eval_root: Path | None) -> OmniretConfig:
+    """``--pairs`` / ``--eval`` command-line sources in place of ``reason.pairs`` / ``reason.eval_root``."""
+    if pairs:
+        cfg.reason.pairs = [str(p) for p in pairs]
+    if eval_root:
+        cfg.reason.eval_root = str(eval_root)
+    return cfg
