@@ -40,6 +40,13 @@ class ModelConfig(Section):
     template: str = Field("qwen3_vl_embedding", description="Prompt template name (omniret.models.prompts).")
     max_length: int = Field(8192, ge=16, description="Token limit of one embedded item.")
     seed: int = 0
+    reasoning: Literal["none", "query", "target", "both"] = Field(
+        "none", description="Think-Then-Embed (TTE_t): render ECR after the input on the query side, the "
+        "target side or both; texts come from `reasoning_from`.")
+    reasoning_from: list[str] = Field(default_factory=list, description="ECR files or folders "
+                                      "(`omniret reason` output: <out>/ecr.jsonl), looked up by content hash.")
+    reasoning_reasoner: str | None = Field(None, description="Use only ECR of this reasoner id.")
+    reasoning_template: str | None = Field(None, description="Use only ECR of this template id.")
 
 
 class MediaConfig(Section):

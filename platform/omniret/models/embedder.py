@@ -19,9 +19,10 @@ from omniret.errors import MediaError
 from omniret.items import Item, as_item
 from omniret.models.backbone import Backbone, forward_hidden, load_backbone
 from omniret.models.batching import plan_batches
-from omniret.models.encoding import Encoded, InputEncoder
+from omniret.models.encoding import Encoded
 from omniret.models.pooling import last_token_pool, matryoshka, normalize
 from omniret.models.prompts import get_template
+from omniret.models.reasoned import ReasoningEncoder
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Embedder:
         self.backbone = backbone
         self.embed_cfg = embed or EmbedConfig()
         self.template = get_template(template)
-        self.encoder = InputEncoder(backbone.tokenizer, backbone.family, backbone.spec, media or MediaConfig(),
+        self.encoder = ReasoningEncoder(backbone.tokenizer, backbone.family, backbone.spec, media or MediaConfig(),
                                     self.template, max_length)
         self.network = EmbeddingModel(backbone.model)
 

@@ -45,6 +45,7 @@ from omniret.losses import ContrastiveLoss, LossOutput, TaskTemperature, build_l
 from omniret.losses.temperature import LearnableTemperature
 from omniret.models.backbone import Backbone, checkpoint_path, load_backbone, unwrap
 from omniret.models.embedder import Embedder, EmbeddingModel
+from omniret.reasoning.attach import attach_to_pairs
 from omniret.training import checkpoint as ckpt
 from omniret.training.context import checkpoint_name
 from omniret.training.gradcache import GradCache, average_gradients
@@ -182,6 +183,7 @@ class TrainWorker:
         if self.device.type == "cpu":
             torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
         mixture, read = load_mixture(self.cfg.data)
+        attach_to_pairs(self.cfg, read.pairs)  # TTE_t: ECR after the input (model.reasoning)
         if read.problems and self.rank == 0:
             record_event(self.run_dir, "skipped_rows", count=len(read.problems),
                          first=[str(p) for p in read.problems[:10]])
