@@ -303,6 +303,14 @@ class TrainConfig(Section):
     sigma_min: float = Field(0.1, gt=0)
     sigma_max: float = Field(1.0, gt=0)
     probe_pairs: int = Field(16, ge=1, description="Pairs per task probed at each epoch start (pyramid).")
+    batching: Literal["random", "b3"] = Field(
+        "random", description="random: seeded permutations of each group; b3: batches of |B|/K METIS "
+        "communities of mutual hard negatives, built with the stage's starting model (homogeneous only).")
+    b3_community: int = Field(8, ge=1, description="b3: community size K (batch_size should be a multiple).")
+    b3_skip: int = Field(30, ge=0, description="b3: top ranks p skipped per query (likely false negatives).")
+    b3_neighbours: int = Field(100, ge=1, description="b3: ranks m kept after the skipped ones.")
+    b3_file: str | None = Field(None, description="b3: communities file (default: <run>/b3.json, built "
+                                "before the stage trains).")
     negatives: int = Field(0, ge=0, description="Explicit hard negatives per query taken from the pairs.")
     cache_mb: float = Field(0, ge=0, description="Keep encoded items (pixels, tokens) for later epochs, up to "
                             "this many MB per worker (0: decode every time).")
@@ -317,14 +325,16 @@ class TrainConfig(Section):
 
 
 class MineConfig(Section):
-    """Hard-negative mining with a checkpoint: B3-style rank skipping or a Qwen3-VL-style score threshold."""
+    """Hard-negative mining with a checkpoint: per-query rank skipping or a Qwen3-VL-style score threshold."""
 
     before_training: bool = Field(False, description="In a recipe: mine this stage's pairs with the previous "
                                   "stage's model first, then train on the mined pairs.")
     out: str | None = Field(None, description="Folder for the mined pair files (default: <run>/mined).")
-    method: Literal["b3", "threshold"] = "b3"
+    method: Literal["skip_top", "threshold"] = Field(
+        "skip_top", description="skip_top: skip the top ranks, keep the next top_k (B3's rule per query; B3 "
+        "batches are train.batching=b3); threshold: below the positive + margin.")
     top_k: int = Field(3, ge=1, description="Hard negatives kept per query.")
-    skip_top: int = Field(30, ge=0, description="b3: non-positive ranks skipped first (likely false negatives).")
+    skip_top: int = Field(30, ge=0, description="skip_top: non-positive ranks skipped first (likely false negatives).")
     margin: float = Field(0.0, description="threshold: skip candidates scoring above the positive + margin.")
     min_positive: float | None = Field(None, description="Mine only queries whose positive scores above this.")
     keep_existing: bool = Field(False, description="Append mined negatives to the pair's own instead of replacing.")

@@ -187,8 +187,13 @@ class TrainWorker:
         if read.problems and self.rank == 0:
             record_event(self.run_dir, "skipped_rows", count=len(read.problems),
                          first=[str(p) for p in read.problems[:10]])
+        communities = None
+        if t.batching == "b3":
+            from omniret.training.b3 import communities_path, load_communities
+
+            communities = load_communities(communities_path(self.cfg), mixture.groups)
         self.sampler = BatchSampler(mixture, t.batch_size, seed=t.seed, homogeneous=t.homogeneous,
-                                    steps_per_epoch=t.steps_per_epoch)
+                                    steps_per_epoch=t.steps_per_epoch, communities=communities)
         self.total_steps = t.max_steps or t.epochs * self.sampler.steps_per_epoch
         self.total_epochs = math.ceil(self.total_steps / self.sampler.steps_per_epoch)
         with self.ctx.checkpoint() as resume:

@@ -3,8 +3,8 @@
 For every dataset of ``data.train`` the candidate pool is every distinct document of its pairs
 (positives and existing negatives). Each query ranks the pool; its own positives are removed, then
 
-- ``mine.method=b3`` (B3, METHODS §11.2): skip the first ``skip_top`` ranks (likely false
-  negatives) and keep the next ``top_k``; classification sets skip nothing (only the gold label is
+- ``mine.method=skip_top`` (B3's per-query rule, METHODS §11.2): skip the first ``skip_top`` ranks
+  (likely false negatives) and keep the next ``top_k``; classification sets skip nothing (only the gold label is
   filtered, as B3 does);
 - ``mine.method=threshold`` (Qwen3-VL, METHODS §8.2): keep the ``top_k`` best candidates scoring
   below the mean positive score + ``margin``; anything above is a likely false negative.
@@ -64,12 +64,12 @@ def select_negatives(scores: np.ndarray, positives: set[int], *, method: str, to
                      margin: float = 0.0) -> list[int]:
     """Pool indices of the mined negatives of one query, given its scores over the pool."""
     order = [int(j) for j in np.argsort(-scores, kind="stable") if int(j) not in positives]
-    if method == "b3":
+    if method == "skip_top":
         return order[skip_top:skip_top + top_k]
     if method == "threshold":
         limit = float(np.mean([scores[j] for j in positives])) + margin if positives else np.inf
         return [j for j in order if scores[j] < limit][:top_k]
-    raise ValueError(f"unknown mining method {method!r}; choose b3 or threshold")
+    raise ValueError(f"unknown mining method {method!r}; choose skip_top or threshold")
 
 
 def embed_sides(cfg: OmniretConfig, sides: list[Side], names: list[str], embedder=None) -> tuple[np.ndarray, np.ndarray]:

@@ -89,6 +89,10 @@ def run_stages(stages: list[OmniretConfig], *, local: bool = False) -> list[Trai
         log.info("stage %d/%d: %s", i + 1, len(stages), cfg.train.name)
         if cfg.mine.before_training:
             cfg = mine_for_stage(cfg)
+        if cfg.train.batching == "b3":
+            from omniret.training.b3 import prepare_stage
+
+            prepare_stage(cfg)
         results.append(fit(cfg, local=local))
         log.info("stage %s done: %s", cfg.train.name, _scores(results[-1].metrics))
     return results
