@@ -105,3 +105,36 @@ def test_sampler_draws_whole_communities_and_checks_the_file(tmp_path):
         load_communities(path, {"toy": _pairs(12)[::-1]})
     with pytest.raises(ConfigError, match="needs communities"):
         load_communities(tmp_path / "none.json", mixture.groups)
+
+
+@pytest.mark.slow
+def test_a_b3_stage_builds_its_communities_and_trains_on_them(tiny_dirs, tmp_path):
+    import yaml
+
+    from omniret.config import SyntheticConfig
+    from omniret.data.mixing import load_mixture
+    from omniret.data.synthetic import generate_benchmark
+    from omniret.training.logbook import read_rows
+    from omniret.training.recipe import load_stages, run_stages
+
+    bench = tmp_path / "bench"
+    generate_benchmark(bench, SyntheticConfig(train_per_task=8, eval_queries=2, tasks=["syn_t2i"]))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"path": str(tiny_dirs["qwen2_vl"])}, "data": {"train": [str(bench / "train")]},
+        "eval": {"root": str(bench / "eval")}, "media": {"max_pixels": 3136},
+        "train": {"output_dir": str(tmp_path / "runs"), "mode": "full", "batch_size": 4, "max_steps": 2,
+                  "checkpoint_every": 0, "eval_at_end": False, "torch_threads": 1, "name": "b3",
+                  "batching": "b3", "b3_community": 2, "b3_skip": 0, "b3_neighbours": 3}}))
+    (stage,) = load_stages([recipe])
+    (result,) = run_stages([stage], local=True)
+    mixture, _ = load_mixture(stage.data)
+    communities = load_communities(result.run_dir / "b3.json", mixture.groups)
+    (group,) = communities
+    assert sorted(len(c) for c in communities[group]) == [2] * 4
+    sampler = BatchSampler(mixture, 4, seed=stage.train.seed, communities=communities)
+    expected = [sampler.next().fingerprint() for _ in range(2)]
+    logged = [int(r["batch"]) for r in read_rows(result.run_dir / "metrics.csv")]
+    assert logged == expected
+    plain = BatchSampler(mixture, 4, seed=stage.train.seed)
+    assert logged != [plain.next().fingerprint() for _ in range(2)]  # the b3 plan, not the random one
