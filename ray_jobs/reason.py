@@ -23,14 +23,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="YAML run configuration")
     parser.add_argument("--pairs", action="append", type=Path, help="pair file or folder (default: reason.pairs)")
     parser.add_argument("--eval", type=Path, help="evaluation folder (default: reason.eval_root)")
+    parser.add_argument("--teacher", action="store_true", help="teacher traces from the generator's notes")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="configuration overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from omniret.config import load_config
-    from omniret.reasoning.job import apply_sources, run_reasoning
+    from omniret.reasoning.job import apply_sources, run_reasoning, run_teacher
 
     try:
-        summary = run_reasoning(apply_sources(load_config(args.config, args.overrides), args.pairs, args.eval))
+        run = run_teacher if args.teacher else run_reasoning
+        summary = run(apply_sources(load_config(args.config, args.overrides), args.pairs, args.eval))
     except (OmniretError, FileNotFoundError) as exc:
         print(f"reason: error: {exc}", file=sys.stderr)
         return 2

@@ -113,9 +113,9 @@ def cmd_mine(args: argparse.Namespace, cfg: OmniretConfig) -> int:
 
 
 def cmd_reason(args: argparse.Namespace, cfg: OmniretConfig) -> int:
-    from omniret.reasoning.job import apply_sources, run_reasoning
+    from omniret.reasoning.job import apply_sources, run_reasoning, run_teacher
 
-    summary = run_reasoning(apply_sources(cfg, args.pairs, args.eval))
+    summary = (run_teacher if args.teacher else run_reasoning)(apply_sources(cfg, args.pairs, args.eval))
     print("\n".join(summary.lines()))
     return 0
 
@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
             "sets with a reasoner (Ray Data actors; resumable)")
     p.add_argument("--pairs", action="append", type=Path, help="pair file or folder (default: reason.pairs)")
     p.add_argument("--eval", type=Path, help="evaluation folder, MMEB layout (default: reason.eval_root)")
+    p.add_argument("--teacher", action="store_true", help="generated benchmark only: write teacher traces from "
+                   "the generator's scene notes instead of running a reasoner")
     _add_config_args(p)
 
     p = add("ingest", cmd_ingest, "ingest images, videos and PDFs into the LanceDB index with Ray Data")

@@ -230,3 +230,39 @@ def apply_sources(cfg: OmniretConfig, pairs: list[Path] | None, eval_root: Path 
     if eval_root:
         cfg.reason.eval_root = str(eval_root)
     return cfg
+
+
+TEACHER_ID = "teacher"
+
+
+def run_teacher(cfg: OmniretConfig) -> ReasonSummary:
+    """Teacher traces for generated data: the same work rows and store as :func:`run_reasoning`, with the
+    generator's scene notes (``data/synthetic/teacher.py``) in place of a model; reasoner id
+    ``teacher``, records labelled ``source: teacher``. Items the generator did not note are errors."""
+    from omniret.data.synthetic.teacher import Notes, teacher_trace
+
+    out = Path(cfg.reason.out)
+    summary = ReasonSummary(out)
+    rows, summary.errors = work_rows(cfg, TEACHER_ID)
+    summary.items = len(rows)
+    writer = EcrWriter(out)
+    done = done_keys(writer.path)
+    notes = Notes([*cfg.reason.pairs, *([cfg.reason.eval_root] if cfg.reason.eval_root else [])])
+    records = []
+    for row in rows:
+        if row["key"] in done:
+            summary.already_done += 1
+            continue
+        side = Side.from_dict(json.loads(row["side"]))
+        text = teacher_trace(side, row["template_name"], notes)
+        if text is None:
+            summary.errors.append({"name": row["name"], "stage": "teacher",
+                                   "reason": "no generator notes for its media (not a generated item)"})
+            continue
+        think, _, rest = text.partition("</think>")
+        records.append({**{k: v for k, v in row.items() if k not in ("side", "template_name")},
+                        "text": text, "think": think.removeprefix("<think>").strip(), "summary": rest.strip(),
+                        "closed": True, "truncated": False, "new_tokens": 0, "source": "teacher"})
+    summary.written = writer.append(records)
+    write_errors(out, summary.errors)
+    return summary
