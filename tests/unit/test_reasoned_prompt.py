@@ -72,3 +72,21 @@ def test_attach_sets_ecr_on_the_configured_side_by_content(make_config, tmp_path
     assert other.query.reasoning is None and other.positives[0].reasoning == f"{ECR} two"
     with pytest.raises(ConfigError, match="reasoning_from"):
         attach_to_pairs(make_config("qwen2_vl", "model.reasoning=query"), [pair])
+
+
+def test_two_reasoners_for_the_same_content_need_a_choice(make_config, tmp_path):
+    side = Side(text="two")
+    h = content_hash(side)
+    EcrWriter(tmp_path).append([{"key": record_key(h, "qa@x", r), "content_hash": h, "template": "qa@x",
+                                 "reasoner": r, "text": f"by {r}", "truncated": False} for r in ("a@1", "b@2")])
+    pair = Pair(Side(text="q"), [side], dataset="toy", task="image_qa")
+    with pytest.raises(ConfigError, match="reasoning_reasoner"):
+        attach_to_pairs(make_config("qwen2_vl", "model.reasoning=target", f"model.reasoning_from=[{tmp_path}]"),
+                        [pair])
+    attach_to_pairs(make_config("qwen2_vl", "model.reasoning=target", f"model.reasoning_from=[{tmp_path}]",
+                                "model.reasoning_reasoner=b@2"), [pair])
+    assert pair.positives[0].reasoning == "by b@2"
+    # the same content under a retrieval task looks for retrieval ECR, which is not there
+    other = Pair(Side(text="q"), [Side(text="two")], dataset="toy", task="image_retrieval")
+    assert attach_to_pairs(make_config("qwen2_vl", "model.reasoning=target", f"model.reasoning_from=[{tmp_path}]",
+                                       "model.reasoning_reasoner=b@2"), [other]) == (0, 1)

@@ -125,5 +125,6 @@ def test_lookup_finds_the_ecr_of_a_side_by_content(make_config, pairs_file, tmp_
     side = Side(text="query 2", instruction="Find the picture.")
     record = next(r for r in read_records(tmp_path / "out" / ECR_FILE) if r["name"] == "toy p2 query")
     assert record["content_hash"] == content_hash(side)
-    assert lookup.get(side) == record["text"]
-    assert lookup.get(Side(text="query 2")) is None  # another instruction is other content
+    assert lookup.get(side, "retrieval") == record["text"]
+    assert lookup.get(side, "qa") is None  # the same content under a QA task has its own ECR
+    assert lookup.get(Side(text="query 2"), "retrieval") is None  # another instruction is other content

@@ -41,11 +41,11 @@ def test_teacher_traces_state_the_answer_facts_and_resume(tmp_path):
     assert all(r["source"] == "teacher" and r["reasoner"] == "teacher" and r["closed"] for r in records)
     lookup = EcrLookup([tmp_path / "ecr"], reasoner="teacher")
     for pair in read_pairs(bench / "train" / "syn_cls_count.jsonl").pairs:  # the count label is stated
-        assert f" {pair.positives[0].text} " in lookup.get(pair.query)
+        assert f" {pair.positives[0].text} " in lookup.get(pair.query, "retrieval")
     for pair in read_pairs(bench / "train" / "syn_t2v.jsonl").pairs:  # the clip's motion is the caption
-        assert pair.query.text in lookup.get(pair.positives[0])
+        assert pair.query.text in lookup.get(pair.positives[0], "video")
     for pair in read_pairs(bench / "train" / "syn_docs.jsonl").pairs:  # the page states the asked fact
-        ecr = lookup.get(pair.positives[0])
+        ecr = lookup.get(pair.positives[0], "visdoc")
         site = re.search(r"the (\w+) site", pair.query.text).group(1)
         assert ecr.startswith("<think>Page ") and f"The {site} site keeps" in ecr and "</think>" in ecr
     again = run_teacher(cfg)

@@ -1,7 +1,8 @@
 """Give sides their ECR for a TTE_t embedder: ``model.reasoning`` says which sides, ``model.reasoning_from``
 where the texts are (ECR files of ``omniret reason``, looked up by content hash).
 
-Sides are changed in place (``Side.reasoning``), before training strips instructions or evaluation
+Each side's ECR is the one written with the template its task maps to (``reason.template``, as the
+job chose it). Sides are changed in place (``Side.reasoning``), before training strips instructions or evaluation
 ships sides to Ray workers, so the content hash is the one the ECR job computed. A side without a
 stored ECR is embedded without one; how many were missing is logged and returned.
 """
@@ -15,6 +16,7 @@ from omniret.config import OmniretConfig
 from omniret.data.schema import Pair, Side
 from omniret.errors import ConfigError
 from omniret.reasoning.store import EcrLookup
+from omniret.reasoning.templates import get_reason_template, template_for_task
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +33,10 @@ def _lookup(cfg: OmniretConfig) -> EcrLookup | None:
         raise ConfigError(str(exc)) from exc
 
 
-def _attach(lookup: EcrLookup, sides: Iterable[Side]) -> tuple[int, int]:
+def _attach(lookup: EcrLookup, sides: Iterable[tuple[Side, str]]) -> tuple[int, int]:
     found = missing = 0
-    for side in sides:
-        side.reasoning = lookup.get(side)
+    for side, template in sides:
+        side.reasoning = lookup.get(side, template)
         found += side.reasoning is not None
         missing += side.reasoning is None
     return found, missing
@@ -47,14 +49,24 @@ def _report(what: str, found: int, missing: int) -> tuple[int, int]:
     return found, missing
 
 
+def _template_name(cfg: OmniretConfig, task: str) -> str:
+    """The reasoner template the ECR job used for ``task`` (reason.template, or by task group)."""
+    name = cfg.reason.template
+    return template_for_task(task).name if name == "auto" else get_reason_template(name).name
+
+
 def attach_to_pairs(cfg: OmniretConfig, pairs: Iterable[Pair]) -> tuple[int, int]:
     """Set ``reasoning`` on the chosen sides of ``pairs``; returns (found, missing)."""
     lookup = _lookup(cfg)
     if lookup is None:
         return 0, 0
     side = cfg.model.reasoning
-    sides = [s for p in pairs for s in ([p.query] if side in ("query", "both") else [])
-             + ([*p.positives, *p.negatives] if side in ("target", "both") else [])]
+    sides = []
+    for p in pairs:
+        template = _template_name(cfg, p.task)
+        chosen = ([p.query] if side in ("query", "both") else []) + (
+            [*p.positives, *p.negatives] if side in ("target", "both") else [])
+        sides += [(s, template) for s in chosen]
     return _report("training sides", *_attach(lookup, sides))
 
 
@@ -64,6 +76,10 @@ def attach_to_datasets(cfg: OmniretConfig, datasets: Iterable) -> tuple[int, int
     if lookup is None:
         return 0, 0
     side = cfg.model.reasoning
-    sides = [s for ds in datasets for s in (ds.queries if side in ("query", "both") else [])
-             + (ds.candidates if side in ("target", "both") else [])]
+    sides = []
+    for ds in datasets:
+        template = _template_name(cfg, ds.info.task)
+        chosen = (ds.queries if side in ("query", "both") else []) + (
+            ds.candidates if side in ("target", "both") else [])
+        sides += [(s, template) for s in chosen]
     return _report("evaluation items", *_attach(lookup, sides))

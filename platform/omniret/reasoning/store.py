@@ -124,16 +124,18 @@ def write_errors(folder: str | Path, errors: list[dict[str, Any]]) -> Path:
 
 
 class EcrLookup:
-    """ECR texts by content hash, read from one or more ECR files (for embedders: ``model.reasoning_from``).
+    """ECR texts by (content hash, template name), read from ECR files (for embedders: ``model.reasoning_from``).
 
-    When a content hash has records of several templates or reasoners, ``reasoner`` / ``template``
-    must say which one to use; a truncated record is used only with ``allow_truncated``.
+    The template name is the one the job chose for the item's task, so the same content under two
+    tasks keeps two texts. When one (content, template) has records of several reasoners or template
+    wordings, ``reasoner`` / ``template`` (an id) must say which to use; truncated records are used
+    unless ``allow_truncated`` is false.
     """
 
     def __init__(self, paths: Iterable[str | Path], reasoner: str | None = None, template: str | None = None,
                  allow_truncated: bool = True):
-        self.texts: dict[str, str] = {}
-        seen: dict[str, tuple[str, str]] = {}
+        self.texts: dict[tuple[str, str], str] = {}
+        seen: dict[tuple[str, str], tuple[str, str]] = {}
         for path in paths:
             path = Path(path)
             for record in read_records(path / ECR_FILE if path.is_dir() else path):
@@ -141,18 +143,20 @@ class EcrLookup:
                     continue
                 if record.get("truncated") and not allow_truncated:
                     continue
-                h, origin = record["content_hash"], (record["template"], record["reasoner"])
-                if h in seen and seen[h] != origin:
-                    raise ValueError(f"content {h[:12]} has ECR from {seen[h]} and {origin}; set "
+                key = (record["content_hash"], record["template"].split("@")[0])
+                origin = (record["template"], record["reasoner"])
+                if key in seen and seen[key] != origin:
+                    raise ValueError(f"content {key[0][:12]} has {key[1]} ECR from {seen[key]} and {origin}; set "
                                      "model.reasoning_reasoner / model.reasoning_template to choose")
-                seen[h] = origin
-                self.texts[h] = record["text"]
+                seen[key] = origin
+                self.texts[key] = record["text"]
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def get(self, side: Side, name: str = "item") -> str | None:
+    def get(self, side: Side, template: str, name: str = "item") -> str | None:
+        """The ECR of ``side`` written with reasoner template ``template`` (a name, e.g. ``qa``)."""
         try:
-            return self.texts.get(content_hash(side, name))
+            return self.texts.get((content_hash(side, name), template))
         except MediaError:
             return None  # unreadable media fail later, where the item is encoded
