@@ -55,19 +55,25 @@ def _template_name(cfg: OmniretConfig, task: str) -> str:
     return template_for_task(task).name if name == "auto" else get_reason_template(name).name
 
 
+def _chosen(cfg: OmniretConfig, units: Iterable[tuple[str, list[Side], list[Side]]]
+            ) -> list[tuple[Side, str]]:
+    """(side, template name) for the sides ``model.reasoning`` chooses of each (task, queries, targets)."""
+    which = cfg.model.reasoning
+    out = []
+    for task, queries, targets in units:
+        template = _template_name(cfg, task)
+        chosen = (queries if which in ("query", "both") else []) + (targets if which in ("target", "both") else [])
+        out += [(s, template) for s in chosen]
+    return out
+
+
 def attach_to_pairs(cfg: OmniretConfig, pairs: Iterable[Pair]) -> tuple[int, int]:
     """Set ``reasoning`` on the chosen sides of ``pairs``; returns (found, missing)."""
     lookup = _lookup(cfg)
     if lookup is None:
         return 0, 0
-    side = cfg.model.reasoning
-    sides = []
-    for p in pairs:
-        template = _template_name(cfg, p.task)
-        chosen = ([p.query] if side in ("query", "both") else []) + (
-            [*p.positives, *p.negatives] if side in ("target", "both") else [])
-        sides += [(s, template) for s in chosen]
-    return _report("training sides", *_attach(lookup, sides))
+    units = ((p.task, [p.query], [*p.positives, *p.negatives]) for p in pairs)
+    return _report("training sides", *_attach(lookup, _chosen(cfg, units)))
 
 
 def attach_to_datasets(cfg: OmniretConfig, datasets: Iterable) -> tuple[int, int]:
@@ -75,11 +81,5 @@ def attach_to_datasets(cfg: OmniretConfig, datasets: Iterable) -> tuple[int, int
     lookup = _lookup(cfg)
     if lookup is None:
         return 0, 0
-    side = cfg.model.reasoning
-    sides = []
-    for ds in datasets:
-        template = _template_name(cfg, ds.info.task)
-        chosen = (ds.queries if side in ("query", "both") else []) + (
-            ds.candidates if side in ("target", "both") else [])
-        sides += [(s, template) for s in chosen]
-    return _report("evaluation items", *_attach(lookup, sides))
+    units = ((ds.info.task, list(ds.queries), list(ds.candidates)) for ds in datasets)
+    return _report("evaluation items", *_attach(lookup, _chosen(cfg, units)))

@@ -215,6 +215,7 @@ def _stream_ray(cfg: OmniretConfig, rows: list[dict[str, Any]]):
     from omniret.cluster import ensure_ray
 
     ensure_ray(cfg.reason.ray_num_cpus)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     r = cfg.reason
     ds = ray.data.from_items(rows).map_batches(
         ReasonBatch, fn_constructor_kwargs={"config": cfg.model_dump()}, batch_size=r.batch_rows,
