@@ -97,10 +97,10 @@ def teacher_trace(side: Side, template: str, notes: Notes) -> str | None:
         return None
     steps = list(facts)
     if text:
-        steps.append(f"The text says: {text}")
-    if template == "qa" and text:
+        steps.append(f"The text says: {text}" + ("" if text[-1] in ".?!" else "."))
+    if facts and template == "qa" and text:
         steps.append("The answer follows from the objects, counts and positions above.")
-    elif template == "grounding":
+    elif facts and template == "grounding":
         steps.append("The referred object is the one the text names; its neighbours are the other objects.")
     summary = facts[0] if facts else text
     if template == "visdoc" and side.page is not None:
