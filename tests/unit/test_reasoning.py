@@ -128,3 +128,16 @@ def test_lookup_finds_the_ecr_of_a_side_by_content(make_config, pairs_file, tmp_
     assert lookup.get(side, "retrieval") == record["text"]
     assert lookup.get(side, "qa") is None  # the same content under a QA task has its own ECR
     assert lookup.get(Side(text="query 2"), "retrieval") is None  # another instruction is other content
+
+
+def test_sampled_generation_is_seeded(reasoner):
+    requests = [Request(Item(text="a red circle"), TEMPLATES["retrieval"], "k1"),
+                Request(Item(text="two squares"), TEMPLATES["retrieval"], "k2")]
+
+    def sample(seed):
+        cfg = reasoner.cfg.model_copy(update={"do_sample": True, "temperature": 1.5, "seed": seed,
+                                              "max_new_tokens": 12})
+        return [e.text for e in Reasoner(reasoner.backbone, cfg, reasoner.media).generate(requests)]
+
+    assert sample(0) == sample(0)
+    assert sample(0) != sample(1)
