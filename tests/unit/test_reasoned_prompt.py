@@ -90,3 +90,14 @@ def test_two_reasoners_for_the_same_content_need_a_choice(make_config, tmp_path)
     other = Pair(Side(text="q"), [Side(text="two")], dataset="toy", task="image_retrieval")
     assert attach_to_pairs(make_config("qwen2_vl", "model.reasoning=target", f"model.reasoning_from=[{tmp_path}]",
                                        "model.reasoning_reasoner=b@2"), [other]) == (0, 1)
+
+
+def test_the_setting_is_the_one_authority_over_reasoning(make_config, tmp_path):
+    pair = Pair(Side(text="q", reasoning="from a file"), [Side(text="t", reasoning="from a file")], dataset="toy",
+                task="image_qa")
+    EcrWriter(tmp_path)  # an empty store
+    attach_to_pairs(make_config("qwen2_vl", "model.reasoning=target", f"model.reasoning_from=[{tmp_path}]"), [pair])
+    assert pair.query.reasoning is None and pair.positives[0].reasoning is None  # not chosen / not stored
+    pair.query.reasoning = "from a file"
+    assert attach_to_pairs(make_config("qwen2_vl"), [pair]) == (0, 0)
+    assert pair.query.reasoning is None

@@ -4,7 +4,8 @@ where the texts are (ECR files of ``omniret reason``, looked up by content hash)
 Each side's ECR is the one written with the template its task maps to (``reason.template``, as the
 job chose it). Sides are changed in place (``Side.reasoning``), before training strips instructions or evaluation
 ships sides to Ray workers, so the content hash is the one the ECR job computed. A side without a
-stored ECR is embedded without one; how many were missing is logged and returned.
+stored ECR is embedded without one; how many were missing is logged and returned. Sides the
+setting does not choose lose any ``reasoning`` they carried (``none`` clears them all).
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ from omniret.reasoning.templates import get_reason_template, template_for_task
 log = logging.getLogger(__name__)
 
 
-def _lookup(cfg: OmniretConfig) -> EcrLookup | None:
+def _lookup(cfg: OmniretConfig) -> EcrLookup:
     m = cfg.model
-    if m.reasoning == "none":
-        return None
     if not m.reasoning_from:
         raise ConfigError(f"model.reasoning={m.reasoning} needs model.reasoning_from (ECR files of `omniret reason`)")
     try:
@@ -55,31 +54,35 @@ def _template_name(cfg: OmniretConfig, task: str) -> str:
     return template_for_task(task).name if name == "auto" else get_reason_template(name).name
 
 
-def _chosen(cfg: OmniretConfig, units: Iterable[tuple[str, list[Side], list[Side]]]
-            ) -> list[tuple[Side, str]]:
-    """(side, template name) for the sides ``model.reasoning`` chooses of each (task, queries, targets)."""
+def _apply(cfg: OmniretConfig, units: Iterable[tuple[str, list[Side], list[Side]]], what: str) -> tuple[int, int]:
+    """Give the sides ``model.reasoning`` chooses of each (task, queries, targets) their ECR and clear it
+    on the others: the setting is the one authority, whatever ``reasoning`` a pair file carried."""
     which = cfg.model.reasoning
-    out = []
+    units = list(units)
+    if which == "none":
+        for _, queries, targets in units:
+            for side in [*queries, *targets]:
+                side.reasoning = None
+        return 0, 0
+    lookup = _lookup(cfg)
+    chosen = []
     for task, queries, targets in units:
         template = _template_name(cfg, task)
-        chosen = (queries if which in ("query", "both") else []) + (targets if which in ("target", "both") else [])
-        out += [(s, template) for s in chosen]
-    return out
+        for sides, on in ((queries, which in ("query", "both")), (targets, which in ("target", "both"))):
+            for side in sides:
+                if on:
+                    chosen.append((side, template))
+                else:
+                    side.reasoning = None
+    return _report(what, *_attach(lookup, chosen))
 
 
 def attach_to_pairs(cfg: OmniretConfig, pairs: Iterable[Pair]) -> tuple[int, int]:
     """Set ``reasoning`` on the chosen sides of ``pairs``; returns (found, missing)."""
-    lookup = _lookup(cfg)
-    if lookup is None:
-        return 0, 0
-    units = ((p.task, [p.query], [*p.positives, *p.negatives]) for p in pairs)
-    return _report("training sides", *_attach(lookup, _chosen(cfg, units)))
+    return _apply(cfg, ((p.task, [p.query], [*p.positives, *p.negatives]) for p in pairs), "training sides")
 
 
 def attach_to_datasets(cfg: OmniretConfig, datasets: Iterable) -> tuple[int, int]:
     """Set ``reasoning`` on queries and/or candidates of evaluation datasets; returns (found, missing)."""
-    lookup = _lookup(cfg)
-    if lookup is None:
-        return 0, 0
-    units = ((ds.info.task, list(ds.queries), list(ds.candidates)) for ds in datasets)
-    return _report("evaluation items", *_attach(lookup, _chosen(cfg, units)))
+    return _apply(cfg, ((ds.info.task, list(ds.queries), list(ds.candidates)) for ds in datasets),
+                  "evaluation items")

@@ -251,6 +251,9 @@ def prepare_stage(cfg: Any) -> Path:
         log.warning("b3: no train.init_from; ranking with model.* (B3 ranks with a model trained without "
                     "hard negatives)")
     ranker = OmniretConfig.model_validate(data)
+    from omniret.reasoning.attach import attach_to_pairs
+
+    attach_to_pairs(ranker, [p for pairs in mixture.groups.values() for p in pairs])  # TTE_t ranks with ECR
     embedder = Embedder.from_config(ranker)
     embedder.embed_cfg = embedder.embed_cfg.model_copy(update={"progress": False})
     return save_communities(path, build_communities(ranker, mixture.groups, embedder))

@@ -161,6 +161,9 @@ def mine(cfg: OmniretConfig, out: str | Path | None = None) -> MineResult:
     read = read_sources(cfg.data.train, root=cfg.data.root)
     if not read.pairs:
         raise FileNotFoundError(f"no training pairs could be read from {cfg.data.train}")
+    from omniret.reasoning.attach import attach_to_pairs
+
+    attach_to_pairs(cfg, read.pairs)  # a TTE_t model ranks items with their ECR (model.reasoning)
     embedder = None
     if not cfg.mine.ray:
         from omniret.models.embedder import Embedder
