@@ -53,7 +53,10 @@ def reasoner(make_config):
     return Reasoner.from_config(cfg.reason, cfg.media)
 
 
-def test_greedy_generation_is_deterministic_and_batch_equals_one_by_one(reasoner):
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_greedy_generation_is_deterministic_and_batch_equals_one_by_one(family, backbones, make_config):
+    cfg = make_config(family, "reason.max_new_tokens=6", "media.max_pixels=3136")
+    reasoner = Reasoner(backbones[family], cfg.reason, cfg.media)
     image = Image.new("RGB", (56, 56), (200, 30, 30))
     requests = [Request(Item(text="how many circles?", images=[image]), TEMPLATES["qa"]),
                 Request(Item(text="a red circle above a much longer description of a blue square"),
