@@ -89,6 +89,19 @@ def cmd_soup(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.models.merge import merge_from_config
+
+    flags = {"checkpoints": args.checkpoints, "adapters": args.adapters, "base": args.base, "method": args.method,
+             "weights": args.weights, "density": args.density, "seed": args.seed, "out": args.out}
+    # Flags override the merge section; validated like the section itself.
+    flags = {k: json.loads(json.dumps(v, default=str)) for k, v in flags.items() if v is not None}
+    cfg.merge = type(cfg.merge).model_validate({**cfg.merge.model_dump(), **flags})
+    out = merge_from_config(cfg)
+    print(f"merged ({cfg.merge.method}) into {out}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     from omniret.training.recipe import load_stages, run_stages, summary_lines
 
@@ -118,6 +131,36 @@ def cmd_reason(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     summary = (run_teacher if args.teacher else run_reasoning)(apply_sources(cfg, args.pairs, args.eval))
     print("\n".join(summary.lines()))
     return 0
+
+
+def cmd_balance(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    import yaml
+
+    from omniret.training.balancing import balance
+
+    result = balance(cfg, samples=args.samples, k=args.clusters, eps=args.eps, temperature=args.temperature)
+    print(f"{'group':32s} {'score':>7s} {'weight':>7s}")
+    for name, row in sorted(result.items(), key=lambda kv: -kv[1]["weight"]):
+        print(f"{name:32s} {row['score']:7.3f} {row['weight']:7.3f}")
+    if args.out:
+        weights = {name: round(row["weight"], 6) for name, row in result.items()}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(yaml.safe_dump({"data": {"weighting": "uniform", "weights": weights}}))
+        print(f"weights written to {args.out} (use it as one more --config)")
+    return 0
+
+
+def cmd_score_pairs(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.training.teacher_scores import score_pairs
+
+    if args.source:
+        cfg.data.train = [str(s) for s in args.source]
+    result = score_pairs(cfg, args.out)
+    print(result.table())
+    for error in result.errors:
+        print(f"not scored: {error}", file=sys.stderr)
+    print(f"scored pairs written to {result.out}")
+    return 0 if any(k for _, k in result.datasets.values()) else 1
 
 
 def cmd_ingest(args: argparse.Namespace, cfg: OmniretConfig) -> int:
@@ -234,6 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _add_config_args(p)
 
+    p = add("merge", cmd_merge, "merge checkpoints or LoRA adapters (linear, TIES, DARE) into one HF checkpoint")
+    p.add_argument("--checkpoints", nargs="+", type=Path, help="full HF checkpoints (same architecture)")
+    p.add_argument("--adapters", nargs="+", type=Path, help="LoRA adapters of one base (--base or model.path)")
+    p.add_argument("--base", type=Path, help="common ancestor: needed by ties/dare for checkpoints")
+    p.add_argument("--method", choices=["linear", "ties", "dare_linear", "dare_ties"], help="default: linear")
+    p.add_argument("--weights", nargs="+", type=float, help="per model (default 1/n; 1 each for ties)")
+    p.add_argument("--density", type=float, help="ties: fraction kept; dare: 1 - drop probability (default 1)")
+    p.add_argument("--seed", type=int, help="dare: seed of the drop masks (default 0)")
+    p.add_argument("--out", type=Path, help="output checkpoint folder (or merge.out)")
+    _add_config_args(p)
+
     p = add("train", cmd_train, "train a stage or a staged recipe on Ray Train (--local: in this process)")
     p.add_argument("--config", dest="configs", type=Path, action="append",
                    help="run or recipe YAML (repeatable: stages run in order)")
@@ -254,6 +308,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", type=Path, help="evaluation folder, MMEB layout (default: reason.eval_root)")
     p.add_argument("--teacher", action="store_true", help="generated benchmark only: write teacher traces from "
                    "the generator's scene notes instead of running a reasoner")
+    _add_config_args(p)
+
+    p = add("balance", cmd_balance, "sampling weights of the training groups from their embedding similarity "
+            "to the evaluation sets (k-means + Sinkhorn + softmax)")
+    p.add_argument("--samples", type=int, default=256, help="items embedded per group and per evaluation set")
+    p.add_argument("--clusters", type=int, default=16, help="k-means centroids per set")
+    p.add_argument("--eps", type=float, default=0.05, help="Sinkhorn regularisation")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the weights")
+    p.add_argument("--out", type=Path, help="write {data: {weighting: uniform, weights: ...}} here")
+    _add_config_args(p)
+
+    p = add("score-pairs", cmd_score_pairs, "score each training pair's positive and negatives with the reranker "
+            "(teacher scores for the distill loss); write the pairs back")
+    p.add_argument("--source", action="append", type=Path, help="pair file or folder (default: data.train)")
+    p.add_argument("--out", type=Path, help="folder for the scored pair files (default: score.out)")
     _add_config_args(p)
 
     p = add("ingest", cmd_ingest, "ingest images, videos and PDFs into the LanceDB index with Ray Data")

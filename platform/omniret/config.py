@@ -38,6 +38,9 @@ class ModelConfig(Section):
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
         "auto", description="auto: flash_attention_2 on CUDA when installed, else sdpa.")
     template: str = Field("qwen3_vl_embedding", description="Prompt template name (omniret.models.prompts).")
+    pooling: Literal["auto", "last", "mean"] = Field(
+        "auto", description="Embedding read-out: last attended token, or the mean of the attended tokens "
+        "(SAIL). auto: what the checkpoint recorded (omniret_embedding.json), else last.")
     max_length: int = Field(8192, ge=16, description="Token limit of one embedded item.")
     seed: int = 0
     reasoning: Literal["none", "query", "target", "both"] = Field(
@@ -119,6 +122,11 @@ class IngestConfig(Section):
                                   "the actor splits them by embed.batch_tokens.")
     embed_cpus: float = Field(1.0, ge=0)
     embed_gpus: float = Field(0.0, ge=0)
+    isolate_decoding: bool = Field(
+        True, description="Decode each batch of files in a child Ray task, so that a native crash (a "
+        "segfault, an OOM kill) fails only the files it was decoding (they are retried one per task and "
+        "the culprit is reported); false decodes inside the Ray Data task, which Ray Data retries without "
+        "limit when its process dies, so a file that always crashes its decoder stalls the run.")
     writers: int = Field(1, ge=1, description="Table writer actors: few, so commits rarely conflict.")
     write_batch_rows: int = Field(512, ge=1, description="Rows per commit (large batches, few versions).")
     max_failed_files: int | None = Field(
@@ -255,7 +263,7 @@ class ServeConfig(Section):
 class LossConfig(Section):
     """The contrastive loss, built by name from the loss registry (omniret.losses)."""
 
-    name: str = Field("infonce", description="infonce, dcl, rzen, llave, qwen3vl, e5omni or qqmm_ega.")
+    name: str = Field("infonce", description="infonce, dcl, rzen, llave, qwen3vl, e5omni, qqmm_ega or distill.")
     temperature: float = Field(0.02, gt=0, description="Cosine temperature (the initial value when learned).")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Further keyword arguments of the loss, e.g. {alpha: 9, "
@@ -302,7 +310,10 @@ class TrainConfig(Section):
         "none", description="pyramid: GVE modality pyramid, tasks sampled by softmax(alignment / sigma).")
     sigma_min: float = Field(0.1, gt=0)
     sigma_max: float = Field(1.0, gt=0)
-    probe_pairs: int = Field(16, ge=1, description="Pairs per task probed at each epoch start (pyramid).")
+    probe_pairs: int = Field(16, ge=1, description="Pairs per task probed at each pyramid decision.")
+    probe_every: int | None = Field(
+        None, ge=1, description="Steps between pyramid decisions (re-probe; sigma follows the step). None: every "
+        "epoch start and at least 3 decisions per run.")
     batching: Literal["random", "b3"] = Field(
         "random", description="random: seeded permutations of each group; b3: batches of |B|/K METIS "
         "communities of mutual hard negatives, built with the stage's starting model (homogeneous only).")
@@ -330,13 +341,17 @@ class MineConfig(Section):
     before_training: bool = Field(False, description="In a recipe: mine this stage's pairs with the previous "
                                   "stage's model first, then train on the mined pairs.")
     out: str | None = Field(None, description="Folder for the mined pair files (default: <run>/mined).")
-    method: Literal["skip_top", "threshold"] = Field(
+    method: Literal["skip_top", "threshold", "f1"] = Field(
         "skip_top", description="skip_top: skip the top ranks, keep the next top_k (B3's rule per query; B3 "
-        "batches are train.batching=b3); threshold: below the positive + margin.")
+        "batches are train.batching=b3); threshold: below the positive + margin (Qwen3-VL); f1: below the "
+        "dataset's F1-optimal threshold (SAIL).")
     top_k: int = Field(3, ge=1, description="Hard negatives kept per query.")
     skip_top: int = Field(30, ge=0, description="skip_top: non-positive ranks skipped first (likely false negatives).")
     margin: float = Field(0.0, description="threshold: skip candidates scoring above the positive + margin.")
-    min_positive: float | None = Field(None, description="Mine only queries whose positive scores above this.")
+    min_positive: float | None = Field(
+        None, description="t+ (Qwen3-VL): keep a query only if some positive scores above this (None: all).")
+    unconfident: Literal["drop", "keep"] = Field(
+        "drop", description="A query failing min_positive: left out of the mined files, or kept unchanged.")
     keep_existing: bool = Field(False, description="Append mined negatives to the pair's own instead of replacing.")
     ray: bool = Field(False, description="Embed with Ray Data actors instead of in this process.")
     actors: int = Field(1, ge=1)
@@ -369,6 +384,30 @@ class ReasonConfig(Section):
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of a Ray instance started locally.")
 
 
+class ScoreConfig(Section):
+    """Teacher scores for distillation: the reranker scores each pair's positive and negatives."""
+
+    before_training: bool = Field(False, description="In a recipe: score this stage's pairs with the reranker "
+                                  "first, then train on the scored pairs (distillation).")
+    out: str | None = Field(None, description="Folder for the scored pair files (default: <run>/scored).")
+    ray: bool = Field(False, description="Score with a Ray Data actor pool instead of in this process.")
+    actors: int = Field(1, ge=1, description="Reranker actors (one model copy each).")
+    batch_rows: int = Field(16, ge=1, description="Pairs per Ray Data batch.")
+
+
+class MergeConfig(Section):
+    """Model merging (omniret.models.merge): checkpoints or LoRA adapters into one HF checkpoint."""
+
+    checkpoints: list[str] = Field(default_factory=list, description="Full HF checkpoints to merge.")
+    adapters: list[str] = Field(default_factory=list, description="LoRA adapters of one base to merge.")
+    base: str | None = Field(None, description="Common ancestor (ties/dare; adapters: default model.path).")
+    method: Literal["linear", "ties", "dare_linear", "dare_ties"] = "linear"
+    weights: list[float] | None = Field(None, description="Per model (default 1/n; 1 each for ties variants).")
+    density: float = Field(1.0, gt=0, le=1, description="ties: fraction kept; dare: 1 - drop probability.")
+    seed: int = Field(0, description="dare: seed of the drop masks.")
+    out: str | None = Field(None, description="Output checkpoint folder.")
+
+
 class OmniretConfig(Section):
     model: ModelConfig = ModelConfig()
     media: MediaConfig = MediaConfig()
@@ -384,6 +423,8 @@ class OmniretConfig(Section):
     train: TrainConfig = TrainConfig()
     mine: MineConfig = MineConfig()
     reason: ReasonConfig = ReasonConfig()
+    score: ScoreConfig = ScoreConfig()
+    merge: MergeConfig = MergeConfig()
 
     @field_validator("*", mode="before")
     @classmethod

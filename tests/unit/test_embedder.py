@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +14,15 @@ from omniret.errors import MediaError
 from omniret.items import Item, PageRef, VideoRef
 from omniret.media import synth
 from omniret.models.embedder import Embedder
-from omniret.models.pooling import matryoshka, normalize
+from omniret.models.pooling import (
+    POOLING_FILE,
+    matryoshka,
+    mean_pool,
+    normalize,
+    pool,
+    save_pooling,
+    saved_pooling,
+)
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 
@@ -147,3 +158,47 @@ def test_text_is_truncated_to_max_length_keeping_the_pooled_suffix(backbones):
     encoded = embedder.encoder.encode(Item(text="word " * 200))
     assert len(encoded) == 32
     assert backbones["qwen2_vl"].tokenizer.decode(encoded.input_ids).endswith("<|im_start|>assistant\n")
+
+
+def test_mean_pooling_averages_the_attended_positions():
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float64).reshape(2, 4, 3)
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    want = torch.stack([hidden[0, :3].mean(0), hidden[1, :2].mean(0)])  # hand: rows 0-2 and 0-1
+    torch.testing.assert_close(mean_pool(hidden, right), want)
+    torch.testing.assert_close(pool(hidden, left, "mean"), torch.stack([hidden[0, 1:].mean(0), hidden[1].mean(0)]))
+    torch.testing.assert_close(pool(hidden, right, "last"), torch.stack([hidden[0, 2], hidden[1, 1]]))
+    with pytest.raises(ValueError, match="unknown pooling"):
+        pool(hidden, right, "max")
+
+
+def test_mean_pooled_embedder_matches_a_float64_mean_and_ignores_padding(backbones, media):
+    backbone = dataclasses.replace(backbones["qwen2_vl"], pooling="mean")
+    embedder = Embedder(backbone)
+    items = _items(media)[:3]
+    encoded = embedder.prepare(items)
+    left, right = (embedder.encoder.collate(encoded, side) for side in ("left", "right"))
+    with torch.no_grad():
+        got = embedder.forward(right)
+        torch.testing.assert_close(got, embedder.forward(left), atol=1e-5, rtol=1e-5)
+        for i, one in enumerate(encoded):
+            hidden = backbone.hidden_states(embedder.encoder.collate([one])).double()[0]
+            want = hidden.mean(0) / hidden.mean(0).norm()
+            torch.testing.assert_close(got[i].double(), want, atol=1e-5, rtol=1e-5)
+        assert (got - Embedder(backbones["qwen2_vl"]).forward(right)).abs().max() > 1e-3  # not last-token
+
+
+def test_pooling_is_read_back_from_the_checkpoint(tiny_dirs, tmp_path, make_config):
+    from omniret.models.backbone import load_backbone
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dirs["qwen2_vl"], model)
+    cfg = make_config("qwen2_vl").model
+    assert load_backbone(cfg.model_copy(update={"path": str(model)})).pooling == "last"  # nothing recorded
+    save_pooling(model, "mean")
+    assert saved_pooling(None, model) == "mean"
+    assert load_backbone(cfg.model_copy(update={"path": str(model)})).pooling == "mean"  # auto reads it
+    assert load_backbone(cfg.model_copy(update={"path": str(model), "pooling": "last"})).pooling == "last"
+    (model / POOLING_FILE).write_text('{"pooling": "max"}')
+    with pytest.raises(ValueError, match="unknown pooling 'max'"):
+        load_backbone(cfg.model_copy(update={"path": str(model)}))

@@ -132,6 +132,86 @@ def test_discovery_and_readers_on_the_mmeb_layout(mmeb_root):
     assert docs.queries[0].instruction.startswith("Find a document image")
 
 
+def _frames(folder: Path, color: str, n: int = 3) -> Path:
+    for i in range(n):
+        _png(folder / f"{i}.jpg", color)
+    return folder
+
+
+def _beir(folder: Path, query: str) -> None:
+    for name, rows in (("queries", {"query-id": ["a"], "query": [query]}), ("corpus", {"corpus-id": ["p1"]}),
+                       ("qrels", {"query-id": ["a"], "corpus-id": ["p1"], "score": [1]})):
+        (folder / name).mkdir(parents=True)
+        pq.write_table(pa.table(rows), folder / name / "test-00000-of-00001.parquet")
+    _png(folder / "p1.png")
+
+
+def test_moment_retrieval_sets_and_fixed_visdoc_splits_are_read(tmp_path):
+    root = tmp_path / "vlm2vec_eval"
+    mret = root / "video-tasks" / "frames" / "video_mret"
+    # QVHighlight / Charades-STA: <frames>/<video>/query/ and one folder per clip, positives named positive*
+    for name, folder in (("QVHighlight", "QVHighlight"), ("Charades-STA", "Charades_STA")):
+        video = mret / folder / "vid1"
+        _frames(video / "query", "red")
+        _frames(video / "positive_0", "red")
+        _frames(video / "negative_0", "blue")
+        _frames(video / "negative_1", "green")
+        _jsonl(root / "video-tasks" / "data" / f"{name}.jsonl", [
+            {"query": "the red part", "video_path": "videos/vid1.mp4"},
+            {"query": "no frames", "video_path": "videos/missing.mp4"}])
+    # MomentSeeker: named clips under video_frames/, a query image or a query segment
+    seeker = mret / "MomentSeeker"
+    for clip, color in (("movie/a_1", "red"), ("movie/a_2", "blue"), ("movie/a_3", "red"), ("movie/q", "green")):
+        _frames(seeker / "video_frames" / clip.replace("/", "_"), color)
+    _png(seeker / "query_still.jpg", "red")
+    _jsonl(root / "video-tasks" / "data" / "MomentSeeker.jsonl", [
+        {"query": "red scene", "input_frames": "", "positive_frames": [{"output_path": "movie/a_1.mp4"},
+                                                                       {"output_path": "movie/a_3.mp4"}],
+         "negative_frames": [{"output_path": "movie/a_2.mp4"}]},
+        {"query": "like this", "input_frames": "still.jpg", "positive_frames": [{"output_path": "movie/a_1.mp4"}],
+         "negative_frames": [{"output_path": "movie/a_2.mp4"}]},
+        {"query": "after this", "input_frames": "movie/q.mp4", "positive_frames": [{"output_path": "movie/a_2.mp4"}],
+         "negative_frames": []}])
+    # visual documents: an original split and its -fixed version, and a ViDoRe-v2 folder name
+    for name in ("ViDoSeek-page", "ViDoSeek-page-fixed", "MMLongBench-page", "esg_reports_v2"):
+        _beir(root / "visdoc-tasks" / name, f"query of {name}")
+
+    entries = {e["name"]: e for e in discover(root)}
+    assert {n: entries[n]["meta_task"] for n in ("QVHighlight", "Charades-STA", "MomentSeeker")} == \
+        {"QVHighlight": "V-MRET", "Charades-STA": "V-MRET", "MomentSeeker": "V-MRET"}
+    assert {entries[n]["layout"] for n in ("QVHighlight", "Charades-STA", "MomentSeeker")} == {"moment"}
+    assert entries["ViDoSeek-page-fixed"]["meta_task"] == "VD-OOD"  # not VD-other
+    assert entries["ViDoRe_esg_reports_v2"]["meta_task"] == "VD-ViDoRe-v2"
+    datasets, skipped = load_datasets(EvalConfig(root=str(root)))
+    by_name = {d.name: d for d in datasets}
+    assert "ViDoSeek-page" not in by_name and skipped == ["ViDoSeek-page: superseded by ViDoSeek-page-fixed"]
+    assert {"ViDoSeek-page-fixed", "MMLongBench-page"} <= set(by_name)  # no -fixed twin: the original stays
+
+    for name in ("QVHighlight", "Charades-STA"):
+        ds = by_name[name]
+        assert ds.kind == "local" and len(ds.queries) == 1 and "video frames not found" in ds.problems[0]
+        q = ds.queries[0]
+        assert q.text == "the red part" and Path(q.video.path).name == "query"
+        assert q.instruction.startswith("Find the clip that corresponds to the described scene")
+        clips = [Path(ds.candidates[i].video.path).name for i in ds.lists[0]]
+        assert clips == ["negative_0", "negative_1", "positive_0"]
+        assert ds.qrels[0] == {ds.lists[0][2]: 1.0}
+
+    seeker_ds = by_name["MomentSeeker"]
+    assert len(seeker_ds.queries) == 3 and not seeker_ds.problems
+    text_q, image_q, video_q = seeker_ds.queries
+    assert text_q.images == [] and text_q.video is None
+    assert Path(image_q.images[0]).name == "query_still.jpg" and Path(video_q.video.path).name == "movie_q"
+    assert len(seeker_ds.qrels[0]) == 2  # two positive clips
+    assert [Path(seeker_ds.candidates[i].video.path).name for i in seeker_ds.lists[0]] == \
+        ["movie_a_1", "movie_a_3", "movie_a_2"]
+    # hit@1 counts any positive clip at the top: a scorer preferring movie_a_3 scores 1 on the first query
+    names = [Path(c.video.path).name for c in seeker_ds.candidates]
+    prefer = lambda q, cands: np.array([1.0 if names[c] == "movie_a_3" else 0.0 for c in cands])  # noqa: E731
+    assert score_dataset(seeker_ds.head(1), prefer)["hit@1"] == 1.0
+    assert aggregate({d.name: 50.0 for d in datasets}, {d.name: d.info for d in datasets})["counts"]["Video"] == 3
+
+
 def test_selection_and_missing_datasets(mmeb_root):
     datasets, _ = load_datasets(EvalConfig(root=str(mmeb_root), datasets=["msr_vtt"], max_queries=1))
     assert [d.name for d in datasets] == ["MSR-VTT"] and len(datasets[0].queries) == 1

@@ -77,6 +77,50 @@ def test_delete_repoint_and_duplicate_repair(store):
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 2
 
 
+def test_duplicate_repair_keeps_the_newest_copy_and_never_rewrites_it(store):
+    store.upsert(rows([(1, "image"), (2, "image")]))
+    newest = rows([(1, "image"), (2, "image")], seed=7)
+    store.table.add(newest)  # two more copies, written later
+    version = store.table.version
+    assert store.drop_duplicates() == 2 and store.table.version == version + 1  # one delete commit
+    kept = {r["id"]: r["vector"] for r in store.scan(["id", "vector"]).to_pylist()}
+    assert {i: list(v) for i, v in kept.items()} == {
+        r["id"]: pytest.approx(r["vector"]) for r in newest.to_pylist()}
+
+
+def test_a_row_address_read_before_a_compaction_matches_no_row_after_it(store):
+    """What the duplicate repair relies on: a stale ``_rowid`` deletes nothing rather than another row."""
+    for n in range(3):
+        store.upsert(rows([(n, "image")], seed=n))  # three fragments
+    old = store.table.search().select(["id"]).with_row_id(True).limit(None).to_arrow()["_rowid"].to_pylist()
+    store.table.optimize()  # compaction rewrites the fragments under new ids
+    store.table.delete(f"_rowid IN ({', '.join(map(str, old))})")
+    assert store.count() == 3
+
+
+def _race(uri: str, seed: int) -> None:
+    store = IndexStore(IndexConfig(uri=uri), fresh=True)
+    for r in range(8):
+        store.upsert(rows([(100 * r + i, "image") for i in range(4)], seed=seed))
+        store.drop_duplicates()
+
+
+def test_concurrent_writers_and_repairs_lose_no_id(store, tmp_path):
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")  # LanceDB's runtime does not survive fork
+    workers = [spawn.Process(target=_race, args=(store.cfg.uri, seed)) for seed in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    store.drop_duplicates()
+    ids = store.scan(["id"])["id"].to_pylist()
+    assert len(ids) == len(set(ids)) and set(ids) == {item_id(sha(100 * r + i), "image")
+                                                      for r in range(8) for i in range(4)}
+
+
 def test_errors_are_replaced_per_file(store):
     store.replace_errors([], [{"uri": "/a.jpg", "stage": "decode", "reason": "corrupt"},
                               {"uri": "/b.mp4", "unit": "clip=0.000-4.000", "stage": "decode", "reason": "x"}])

@@ -404,3 +404,112 @@ def test_renderer_agrees_with_kustomize(rendered, directory):
     out = subprocess.run([*tool, str(K8S / directory)], capture_output=True, text=True, check=True, timeout=120)
     key = yaml.safe_dump
     assert sorted(map(key, yaml.safe_load_all(out.stdout))) == sorted(map(key, rendered[directory]))
+
+
+# ---- hardening: security contexts, token auth, network policies ------------------------------------
+HARDENED = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}}
+#: Labels KubeRay adds to every Ray pod, beside the template's own.
+KUBERAY_LABELS = {"head": {"ray.io/node-type": "head", "ray.io/is-ray-node": "yes"},
+                  "worker": {"ray.io/node-type": "worker", "ray.io/is-ray-node": "yes"}}
+
+
+def pod_templates(objects: list[dict]) -> list[tuple[str, dict]]:
+    """(where, pod template) of every pod the objects create, KubeRay's submitter pods included."""
+    out = []
+    for obj in objects:
+        spec, name = obj.get("spec", {}), f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["kind"] in ("RayService", "RayJob"):
+            cluster = spec.get("rayClusterConfig") or spec["rayClusterSpec"]
+            out.append((f"{name} head", cluster["headGroupSpec"]["template"]))
+            out += [(f"{name} {g['groupName']}", g["template"]) for g in cluster.get("workerGroupSpecs", [])]
+            if "submitterPodTemplate" in spec:
+                out.append((f"{name} submitter", spec["submitterPodTemplate"]))
+        elif obj["kind"] == "Deployment":
+            out.append((name, spec["template"]))
+        elif obj["kind"] == "CronJob":
+            out.append((name, spec["jobTemplate"]["spec"]["template"]))
+    return out
+
+
+@pytest.mark.parametrize("directory", DIRS)
+def test_every_container_runs_hardened(rendered, directory):
+    """Non-root with a fixed uid, no privilege escalation, no capabilities, the runtime's seccomp
+    profile, a read-only root filesystem with /tmp an emptyDir; RayJobs declare their submitter pod."""
+    templates = pod_templates(rendered[directory])
+    assert templates
+    for where, template in templates:
+        pod = template["spec"]
+        empty = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+        for container in pod["containers"] + pod.get("initContainers", []):
+            context = container.get("securityContext", {})
+            assert {k: context.get(k) for k in HARDENED} == HARDENED, f"{where} {container['name']}"
+            assert context.get("runAsUser", 0) > 0 and context.get("readOnlyRootFilesystem") is True
+            tmp = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+            assert len(tmp) == 1 and tmp[0]["name"] in empty, f"{where} {container['name']}: /tmp"
+    for obj in rendered[directory]:
+        if obj["kind"] == "RayJob":
+            assert "submitterPodTemplate" in obj["spec"], obj["metadata"]["name"]
+
+
+@pytest.mark.parametrize("directory", DIRS)
+def test_ray_clusters_use_token_auth_from_a_secret_and_a_hardened_autoscaler(rendered, directory):
+    clusters = [o["spec"].get("rayClusterConfig") or o["spec"]["rayClusterSpec"] for o in rendered[directory]
+                if o["kind"] in ("RayService", "RayJob")]
+    assert clusters
+    for cluster in clusters:
+        assert cluster["authOptions"] == {"mode": "token", "secretName": "omniret-ray-auth"}
+        if cluster.get("enableInTreeAutoscaling"):
+            context = cluster["autoscalerOptions"]["securityContext"]
+            assert {k: context.get(k) for k in HARDENED} == HARDENED
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    expressions = selector.get("matchExpressions", [])
+    assert not expressions, "this check reads matchLabels only"
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def admits(policies: list[dict], target: dict, source: dict, port: int, source_ns: dict | None = None) -> bool:
+    """Whether the NetworkPolicies let a pod labelled ``source`` (in the same namespace, unless
+    ``source_ns`` gives the labels of another one) reach port ``port`` of a pod labelled ``target``."""
+    selecting = [p for p in policies if _selects(p["spec"]["podSelector"], target)]
+    if not selecting:
+        return True  # no policy selects the pod: everything is allowed
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress", []):
+            ports = [p["port"] for p in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            for peer in rule.get("from", []):
+                ns_ok = _selects(peer["namespaceSelector"], source_ns or {}) if "namespaceSelector" in peer \
+                    else source_ns is None
+                pod_ok = _selects(peer["podSelector"], source) if "podSelector" in peer else True
+                if ns_ok and pod_ok:
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("directory", STACKS)
+def test_network_policies_close_the_ray_head_and_the_ui(rendered, directory):
+    objects = rendered[directory]
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    service = one(objects, "RayService")["spec"]["rayClusterConfig"]
+    head = {**service["headGroupSpec"]["template"]["metadata"]["labels"], **KUBERAY_LABELS["head"]}
+    worker = {**service["workerGroupSpecs"][0]["template"]["metadata"]["labels"], **KUBERAY_LABELS["worker"]}
+    ui = one(objects, "Deployment", "omniret-ui")["spec"]["template"]["metadata"]["labels"]
+    submitter = {"app.kubernetes.io/name": "omniret", "omniret/ray-client": "true"}
+    operator = {"app.kubernetes.io/name": "kuberay-operator"}
+    stranger, control = {"app": "something-else"}, (6379, 8265, 10001)
+    assert any(_selects(p["spec"]["podSelector"], head) for p in policies)  # a policy selects the head
+    for port in (*control, 8000):
+        assert not admits(policies, head, stranger, port) and not admits(policies, worker, stranger, port)
+        assert not admits(policies, head, stranger, port, source_ns={"kubernetes.io/metadata.name": "other"})
+        assert admits(policies, head, worker, port)  # Ray traffic inside the cluster
+    assert admits(policies, head, operator, 8265, source_ns={"kubernetes.io/metadata.name": "ray-system"})
+    assert admits(policies, head, submitter, 8265) and not admits(policies, head, submitter, 6379)
+    assert admits(policies, worker, ui, 8000) and not any(admits(policies, head, ui, p) for p in control)
+    assert admits(policies, worker, {}, 8000, source_ns={"omniret/api-ingress": "true"})
+    # The UI holds the API key and has no login: reachable only from pods labelled for it.
+    assert not admits(policies, ui, stranger, 7860) and not admits(policies, ui, worker, 7860)
+    assert admits(policies, ui, {"omniret/ui-access": "true"}, 7860)

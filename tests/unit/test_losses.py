@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from netutil import free_port
 
 from omniret.losses import (
+    CoSENTLoss,
     DebiasedContrastive,
     E5OmniLoss,
     ExplicitGradientAmplifier,
@@ -33,6 +34,7 @@ from omniret.losses import (
     available_losses,
     build_loss,
     coral_loss,
+    cosent,
     ega_cross_entropy,
     gather_with_grad,
     temperature_parameters,
@@ -161,7 +163,8 @@ def ref_rzen(q, t, neg, taus, alpha, delta, detach_weight=True):
     return total / b
 
 
-def ref_qwen3(q, t, neg, tau, margin, use_qq, use_dd):
+def ref_qwen3(q, t, neg, tau, margin, use_qq, use_dd, dup_mask=None):
+    """``dup_mask`` (B, B): duplicates by content; None: by cosine > 1 - 1e-6 (also for explicit negatives)."""
     q, t, neg = unit(q), unit(t), unit(neg)
     b = q.shape[0]
     total = 0.0
@@ -175,11 +178,11 @@ def ref_qwen3(q, t, neg, tau, margin, use_qq, use_dd):
             return torch.exp(s / tau)
 
         for k in range(neg.shape[1]):
-            z = z + term(q[i] @ neg[i, k], float((neg[i, k] @ t[i]).detach()) > 1 - 1e-6)
+            z = z + term(q[i] @ neg[i, k], dup_mask is None and float((neg[i, k] @ t[i]).detach()) > 1 - 1e-6)
         for j in range(b):
             if j == i:
                 continue
-            dup = float((t[j] @ t[i]).detach()) > 1 - 1e-6
+            dup = float((t[j] @ t[i]).detach()) > 1 - 1e-6 if dup_mask is None else bool(dup_mask[i, j])
             if use_qq:
                 z = z + term(q[i] @ q[j], dup)
             if use_dd:
@@ -307,6 +310,81 @@ def test_infonce_one_way_with_negatives_and_positive_mask():
                             q, t, neg, positive_mask=mask)
 
 
+def ref_label_only(q, t, neg, tau, label_rows):
+    """Label-only rows: positive vs their explicit negatives only; other rows: plain InfoNCE."""
+    q, t, neg = unit(q), unit(t), unit(neg)
+    b = q.shape[0]
+    total = 0.0
+    for i in range(b):
+        logits = [q[i] @ t[i] / tau]
+        logits += [q[i] @ t[j] / tau for j in range(b) if j != i and i not in label_rows]
+        logits += [q[i] @ neg[i, k] / tau for k in range(neg.shape[1])]
+        logits = torch.stack(logits)
+        total = total - (logits[0] - torch.logsumexp(logits, 0))
+    return total / b
+
+
+def test_label_only_classification_negatives_match_reference():
+    q, t, neg = make_inputs(b=6, k=3, seed=14)
+    task_ids = torch.tensor([0, 0, 2, 0, 2, 2])  # 0: image_classification, 2: image_retrieval
+    by_task = InfoNCE(0.05, label_only=["image_classification"], learn_temperature=True)
+    out = check_against_reference(
+        by_task, lambda q, t, n, tp: ref_label_only(q, t, n, tp["temperature.theta"].exp(), {0, 1, 3}),
+        q, t, neg, ["temperature.theta"], task_ids=task_ids)
+    assert out.metrics["num_negatives"] == pytest.approx((3 * 3 + 3 * (5 + 3)) / 6)
+    check_against_reference(InfoNCE(0.05, label_only=True),
+                            lambda q, t, n, tp: ref_label_only(q, t, n, 0.05, set(range(6))), q, t, neg)
+    # hand value: one row, positive cosine 1, one wrong label at cosine 0, tau 1: log(1 + e^-1)
+    e = torch.eye(2, dtype=F64)
+    hand = InfoNCE(1.0, label_only=True)(e[:1], e[:1], e[1:2][None], task_ids=0).loss
+    assert_close(hand, math.log(1 + math.exp(-1)))
+    # a duplicate label elsewhere in the batch changes nothing for a label-only row
+    t2 = t.clone()
+    t2[1] = t2[0]
+    a = InfoNCE(0.05, label_only=True)(q, t2, neg).loss
+    assert_close(a, ref_label_only(q, t2, neg, 0.05, set(range(6))))
+    with pytest.raises(ValueError, match="unknown task groups"):
+        InfoNCE(label_only=["nope"])
+    with pytest.raises(ValueError, match="one-way"):
+        InfoNCE(symmetric=True, label_only=True)
+    with pytest.raises(ValueError, match="task_ids"):
+        InfoNCE(label_only=["image_classification"])(q, t, neg)
+    assert build_loss("infonce", label_only=["image_classification"]).label_only == frozenset({0})
+
+
+def ref_cosent(q, d, labels, tau):
+    """float64 loops: log(1 + sum over gold-ordered pairs (i above m) of exp((s_m - s_i) / tau))."""
+    s = [unit(q[i]) @ unit(d[i]) for i in range(q.shape[0])]
+    total = torch.ones((), dtype=F64)
+    for i in range(len(s)):
+        for m in range(len(s)):
+            if labels[i] > labels[m]:
+                total = total + torch.exp((s[m] - s[i]) / tau)
+    return torch.log(total)
+
+
+def test_cosent_value_and_gradient_match_reference():
+    q, d, _ = make_inputs(b=7, seed=15)
+    labels = torch.tensor([5.0, 3.2, 3.2, 0.0, 1.5, 4.0, 3.2], dtype=F64)  # ties contribute nothing
+    for tau in (0.05, 1.0):
+        ql, dl = leaves(q, d)
+        out = CoSENTLoss(tau)(ql, dl, labels)
+        qr, dr = leaves(q, d)
+        want = ref_cosent(qr, dr, labels, tau)
+        assert_close(out.loss, want)
+        for g, w in zip(grads_of(out.loss, [ql, dl]), grads_of(want, [qr, dr]), strict=True):
+            assert_close(g, w)
+        assert out.metrics["ordered_pairs"] == 21 - 3  # 7*6/2 unordered pairs, minus the 3 tied ones
+    # hand value: gold ranks pair 0 above pair 1, but it scores 0.2 against 0.5; tau 1: log(1 + e^0.3)
+    assert_close(cosent(torch.tensor([0.2, 0.5], dtype=F64), torch.tensor([1.0, 0.0], dtype=F64), 1.0),
+                 math.log(1 + math.exp(0.3)))
+    assert_close(cosent(torch.tensor([0.2, 0.5], dtype=F64), torch.tensor([1.0, 1.0], dtype=F64), 1.0), 0.0)
+    with pytest.raises(ValueError, match="labels"):
+        CoSENTLoss()(q, d, labels[:3])
+    with pytest.raises(ValueError, match="temperature"):
+        CoSENTLoss(0.0)
+
+
 def test_dcl_matches_reference_including_clamp():
     q, t, neg = make_inputs(seed=2)
     check_against_reference(DebiasedContrastive(0.1, tau_plus=0.1, learn_temperature=True),
@@ -371,6 +449,35 @@ def test_rzen_masking_removes_the_masked_columns():
     assert_close(RzenEmbedLoss(alpha=0.0)(q, t).loss, torch.stack(rows).mean(), atol=1e-10)
 
 
+def test_rows_left_without_negatives_are_counted():
+    """A mask that removes every negative of a row makes its loss exactly 0 with no gradient: counted."""
+    q, t, neg = make_inputs(b=5, k=1, seed=12)
+    # every target and explicit negative within cosine 0.95 of every other: RzenEmbed's rule masks them all
+    t = t[:1].expand(5, -1) + 1e-3 * t
+    neg = t[:, None, :].clone()
+    ql, tl, nl = leaves(q, t, neg)
+    out = RzenEmbedLoss(0.02, fn_threshold=0.95)(ql, tl, nl)
+    assert float(out.loss) == 0.0 and out.metrics["rows_without_negatives"] == 5
+    assert out.metrics["num_negatives"] == 0
+    assert all(float(g.abs().max()) == 0.0 for g in grads_of(out.loss, [ql, tl]))
+    # one row only: its own term vanishes, the other rows train
+    q, t, neg = make_inputs(b=5, k=1, seed=13)
+    keep_rows = RzenEmbedLoss(0.02, fn_threshold=0.95)(q, t, neg)
+    assert keep_rows.metrics["rows_without_negatives"] == 0
+    mask = torch.zeros(5, 5, dtype=torch.bool)
+    mask[2] = True  # row 2: every in-batch target is a positive and no explicit negative is given
+    out = InfoNCE(0.02)(q, t, positive_mask=mask)
+    assert out.metrics["rows_without_negatives"] == 1
+    assert_close(out.loss, ref_infonce(q, t, None, 0.02, pos_mask=mask))
+    # Qwen3-VL: every document a duplicate of every other (one label for the whole batch): nothing left
+    same = Qwen3VLEmbeddingLoss(0.02)(q, t, positive_mask=torch.ones(5, 5, dtype=torch.bool))
+    assert same.metrics["rows_without_negatives"] == 5 and float(same.loss) == 0.0
+    assert Qwen3VLEmbeddingLoss(0.02)(q, t, positive_mask=mask).metrics["rows_without_negatives"] == 1
+    # Matryoshka slices report it per slice; the loop reads the widest
+    wrapped = build_loss("rzen", matryoshka_dims=[4])(q, t[:1].expand(5, -1) + 1e-3 * t)
+    assert wrapped.metrics["dim8/rows_without_negatives"] == 5 and wrapped.metrics["dim4/rows_without_negatives"] == 5
+
+
 def test_qwen3vl_matches_reference_stage1_and_stage2():
     q, t, neg = make_inputs(b=6, k=2, seed=7)
     t[5] = t[2]  # duplicate documents
@@ -382,6 +489,32 @@ def test_qwen3vl_matches_reference_stage1_and_stage2():
             lambda q, t, n, tp, a=use_qq, b=use_dd, m=margin: ref_qwen3(q, t, n, tp["temperature.theta"].exp(),
                                                                         m, a, b),
             q, t, neg, ["temperature.theta"])
+
+
+def test_qwen3vl_duplicates_by_content_keys_survive_bf16_noise():
+    """The same document embedded twice under bf16 / other padding: its cosine falls below 1 - 1e-6, so the
+    embedding test misses it; the content-key mask (as the training loop builds it) still masks it."""
+    q, t, neg = make_inputs(b=6, k=2, seed=11)
+    gen = torch.Generator().manual_seed(0)
+    t[4] = t[1].to(torch.bfloat16).double() + 1e-2 * t[1].norm() / math.sqrt(8) * torch.randn(8, generator=gen,
+                                                                                               dtype=F64)
+    cos = float(unit(t[4]) @ unit(t[1]))
+    assert 0.999 < cos < 1 - 1e-6  # a duplicate the cosine rule cannot see
+    keys = ["a", "b", "c", "d", "b", "e"]
+    mask = torch.tensor([[x == y for y in keys] for x in keys])
+    for use_qq, use_dd in [(True, True), (False, False)]:
+        loss = Qwen3VLEmbeddingLoss(0.05, margin=0.1, use_qq=use_qq, use_dd=use_dd)
+        check_against_reference(
+            loss, lambda q, t, n, tp, a=use_qq, b=use_dd: ref_qwen3(q, t, n, 0.05, 0.1, a, b, dup_mask=mask),
+            q, t, neg, positive_mask=mask)
+        by_cosine = loss(q, t, neg).loss
+        assert_close(by_cosine, ref_qwen3(q, t, neg, 0.05, 0.1, use_qq, use_dd))
+        assert abs(float(by_cosine) - float(loss(q, t, neg, positive_mask=mask).loss)) > 1e-3
+    # local rows of the global mask are accepted too; a wrong shape is refused
+    rows = Qwen3VLEmbeddingLoss(0.05)(q, t, neg, positive_mask=mask[:6]).loss
+    assert_close(rows, Qwen3VLEmbeddingLoss(0.05)(q, t, neg, positive_mask=mask).loss)
+    with pytest.raises(ValueError, match="positive_mask"):
+        Qwen3VLEmbeddingLoss(0.05)(q, t, neg, positive_mask=mask[:, :5])
 
 
 def test_qwen3vl_stage2_without_masking_is_infonce():
@@ -599,11 +732,13 @@ def test_forward_input_validation():
 
 
 def test_registry_builds_every_loss_and_wraps_matryoshka():
-    assert available_losses() == sorted(["infonce", "dcl", "rzen", "llave", "qwen3vl", "e5omni", "qqmm_ega"])
+    assert available_losses() == sorted(["infonce", "dcl", "rzen", "llave", "qwen3vl", "e5omni", "qqmm_ega",
+                                         "distill"])
     q, t, neg = make_inputs()
     for name in available_losses():
         loss = build_loss(name)
-        out = loss(q, t, neg)
+        extra = {"teacher_scores": torch.zeros(q.shape[0], neg.shape[1] + 1, dtype=F64)} if name == "distill" else {}
+        out = loss(q, t, neg, **extra)
         assert out.loss.dim() == 0 and math.isfinite(float(out.loss.detach()))
         assert all(isinstance(v, float) for v in out.metrics.values())
     rz = build_loss("rzen")
@@ -644,7 +779,21 @@ def _dist_cases():
          {"q_modality": q_pres, "t_modality": t_pres, "step": 5}),
         ("qqmm_ega", lambda: ExplicitGradientAmplifier(0.05, beta=3.0, learn_temperature=True), {}),
         ("mrl_rzen", lambda: MatryoshkaLoss(RzenEmbedLoss(0.05, learn_temperature=True), dims=(4,)), {}),
+        ("label_only", lambda: InfoNCE(0.05, label_only=["image_classification"], learn_temperature=True),
+         {"task_ids": task_ids}),
+        ("cosent", _CoSENTOnPairs, {"labels": torch.tensor([3.0, 1.0, 2.0, 2.0, 0.0, 5.0, 1.0], dtype=F64)}),
     ]
+
+
+class _CoSENTOnPairs(torch.nn.Module):
+    """CoSENT in the (q, t, negatives, **kwargs) shape of the distributed harness (negatives unused)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = CoSENTLoss(0.05)
+
+    def forward(self, q, t, negatives=None, *, labels):
+        return self.inner(q, t, labels)
 
 
 def _dist_inputs():
@@ -657,7 +806,7 @@ def _dist_inputs():
 def _local_kwargs(kwargs: dict, lo: int, hi: int) -> dict:
     out = {}
     for key, value in kwargs.items():
-        if key in ("task_ids", "q_modality", "t_modality"):
+        if key in ("task_ids", "q_modality", "t_modality", "labels"):
             value = value[lo:hi]
         out[key] = value  # positive_mask stays global (B_g, B_g); step is a scalar
     return out
@@ -699,6 +848,9 @@ def test_two_process_gather_matches_full_batch(tmp_path):
         assert sum(r[name][0] for r in ranks) / world == pytest.approx(full_loss, abs=1e-10), name
         for r, (lo, hi) in enumerate(SHARDS):
             for got, want in zip(ranks[r][name][1], full_grads, strict=True):
+                if want is None:  # an input the loss does not use (CoSENT's negatives)
+                    assert got is None, name
+                    continue
                 assert_close(got / world, want[lo:hi], atol=1e-10)
         assert set(full_temps) == set(ranks[0][name][2]), name
         for pname, want in full_temps.items():

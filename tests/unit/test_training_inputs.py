@@ -8,7 +8,7 @@ from PIL import Image
 
 from omniret.data.schema import Pair, Side
 from omniret.models.embedder import Embedder
-from omniret.training.inputs import EncodeCache, encode_pairs, modality_flags, training_side
+from omniret.training.inputs import EncodeCache, encode_pairs, modality_flags, plan_negatives, training_side
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,38 @@ def test_instructions_are_dropped_only_in_instruction_free_training(encoder):
 
 def test_every_query_gets_the_same_number_of_negatives(encoder):
     inputs = encode_pairs([_pair(0, 3), _pair(1, 1), _pair(2, 2)], encoder, negatives=2)
-    assert inputs.rows == 3 and inputs.negatives_per_query == 1 and len(inputs.negatives) == 3
+    assert inputs.rows == 3 and inputs.negatives_per_query == 2 and len(inputs.negatives) == 6
+    assert inputs.filled == 1  # pair 1's second slot
     assert encode_pairs([_pair(0, 3), _pair(1, 3)], encoder, negatives=2).negatives_per_query == 2
     assert encode_pairs([_pair(0, 3)], encoder, negatives=0).negatives == []
+    assert encode_pairs([_pair(0, 0), _pair(1, 0)], encoder, negatives=2).negatives == []
+
+
+def test_a_pair_without_negatives_does_not_collapse_k(encoder, caplog):
+    """One pair lacking hard negatives keeps K for the shard: its slots are filled from the others'."""
+    pairs = [_pair(0, 2), _pair(1, 0), _pair(2, 2)]
+    plans, filled = plan_negatives(pairs, 2)
+    assert filled == 2
+    assert [[s.text for s in p] for p in plans] == [["negative 0.0", "negative 0.1"],
+                                                     ["negative 0.0", "negative 0.1"],
+                                                     ["negative 2.0", "negative 2.1"]]
+    with caplog.at_level("INFO", logger="omniret.training.inputs"):
+        inputs = encode_pairs(pairs, encoder, negatives=2)
+    assert inputs.negatives_per_query == 2 and inputs.filled == 2 and "2 negative slot(s) filled" in caplog.text
+    filled_ids = [n.input_ids for n in inputs.negatives[2:4]]
+    assert filled_ids == [n.input_ids for n in inputs.negatives[0:2]]  # borrowed from pair 0
+    # a borrowed item equal to the pair's own positive is skipped (a label shared by two queries)
+    shared = Pair(Side(text="q"), [Side(text="negative 0.0")], [], dataset="d", task="image_retrieval", id="s")
+    plans, _ = plan_negatives([_pair(0, 2), shared], 2)
+    assert [s.text for s in plans[1]] == ["negative 0.1", "doc 0"]  # then another pair's positive
+    # a pair's own negative that equals its positive never takes a slot (the losses' duplicate masks rely on it)
+    echo = Pair(Side(text="q"), [Side(text="doc 9")], [Side(text="doc 9"), Side(text="other")], id="e")
+    assert [s.text for s in plan_negatives([echo], 2)[0][0]] == ["other"]
+    # nothing left to borrow: K shrinks to what every pair reaches
+    lone = Pair(Side(text="q"), [Side(text="doc 0")], [], dataset="d", task="image_retrieval", id="l")
+    plans, filled = plan_negatives([Pair(Side(text="p"), [Side(text="doc 0")], [Side(text="doc 0"),
+                                                                                 Side(text="x")]), lone], 2)
+    assert [[s.text for s in p] for p in plans] == [["x"], ["x"]] and filled == 1
 
 
 def test_unreadable_media_drops_the_pair_by_name(encoder, tmp_path):
@@ -70,3 +99,16 @@ def test_cache_reuses_encoded_items_within_its_budget(encoder, tmp_path):
     assert 0 < len(evicting.items) < 40 and evicting.bytes <= evicting.max_bytes
     assert Side(text="doc 19").key() in evicting.items and Side(text="query 0",
                                                                  instruction="Find the picture.").key() not in evicting.items
+
+
+def test_pairs_with_teacher_scores_keep_their_own_negatives_and_scores(encoder):
+    """Distillation needs the teacher's score of every slot: no borrowing; scores follow the slots taken."""
+    a, b = _pair(0, 3), _pair(1, 2)
+    b.negatives.insert(0, b.positives[0])  # a copy of the positive: left out, its score too
+    a.teacher_scores, b.teacher_scores = [3.0, 2.0, 1.0, 0.0], [5.0, 9.0, 4.0, 3.0]
+    inputs = encode_pairs([a, b], encoder, negatives=3)
+    assert inputs.filled == 0 and inputs.negatives_per_query == 2
+    assert inputs.teacher_scores == [[3.0, 2.0, 1.0], [5.0, 4.0, 3.0]]
+    unscored = encode_pairs([_pair(0, 3), _pair(1, 1)], encoder, negatives=3)
+    assert unscored.filled == 2 and unscored.negatives_per_query == 3 and unscored.teacher_scores == []
+

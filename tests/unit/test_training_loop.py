@@ -210,23 +210,54 @@ def test_warmup_then_cosine_schedule():
     assert scheduler.get_last_lr()[0] == pytest.approx(0.1)
 
 
-def test_pyramid_curriculum_probes_each_epoch_and_follows_the_schedule(tiny_dirs, bench, tmp_path):
+@pytest.mark.parametrize("steps_per_epoch, epochs", [(2, [0, 0, 1]), (None, [0, 0, 0])])
+def test_pyramid_curriculum_follows_training_progress(steps_per_epoch, epochs, tiny_dirs, bench, tmp_path):
+    """Decisions at epoch starts and every interval (3 per run at least); sigma follows the step, so a
+    single-epoch run (None: 8 steps per epoch, 3 taken) also moves from sigma_min to sigma_max."""
     from omniret.training.logbook import read_events
     from omniret.training.sampling import pyramid_probabilities
 
-    cfg = _cfg(tiny_dirs, bench, tmp_path, "pyramid", "train.mode=full", "train.curriculum=pyramid",
-               "train.steps_per_epoch=2", "train.max_steps=3", "train.probe_pairs=3")
+    extra = [f"train.steps_per_epoch={steps_per_epoch}"] if steps_per_epoch else []
+    cfg = _cfg(tiny_dirs, bench, tmp_path, f"pyramid{steps_per_epoch}", "train.mode=full",
+               "train.curriculum=pyramid", "train.max_steps=3", "train.probe_pairs=3", *extra)
     worker = _worker(cfg)
     worker.setup()
     rows = _steps(worker, 3)
     decisions = [e for e in read_events(worker.run_dir) if e["event"] == "curriculum"]
-    assert [d["epoch"] for d in decisions] == [0, 1] and [d["sigma"] for d in decisions] == [0.1, 1.0]
+    assert [d["step"] for d in decisions] == [0, 1, 2] and [d["epoch"] for d in decisions] == epochs
+    assert [d["sigma"] for d in decisions] == pytest.approx([0.1, 0.55, 1.0])
     base = worker.sampler.base_probabilities
     for d in decisions:
         assert set(d["alignment"]) == set(base) and all(-1 <= v <= 1 for v in d["alignment"].values())
         assert d["probabilities"] == pytest.approx(pyramid_probabilities(base, d["alignment"], d["sigma"]))
-    assert [r["epoch"] for r in rows] == [0, 0, 1]
-    assert worker.sampler.state.sigma == 1.0 and worker.sampler.state.alignment == decisions[1]["alignment"]
+    assert [r["epoch"] for r in rows] == epochs
+    assert worker.sampler.state.sigma == 1.0 and worker.sampler.state.alignment == decisions[2]["alignment"]
+
+
+def test_a_step_whose_masks_leave_no_negative_is_counted_and_warned(tiny_dirs, bench, tmp_path, caplog):
+    """fn_threshold -1: RzenEmbed's rule masks every negative; the loss is 0 and the step says so."""
+    cfg = _cfg(tiny_dirs, bench, tmp_path, "no-negatives", "train.mode=full", "train.max_steps=1",
+               "loss.name=rzen", "loss.options={fn_threshold: -1.0}")
+    worker = _worker(cfg)
+    worker.setup()
+    with caplog.at_level("WARNING", logger="omniret.training.loop"):
+        (row,) = _steps(worker, 1)
+    assert row["rows_without_negatives"] == 8 and row["loss"] == 0.0 and row["grad_norm"] == 0.0
+    assert "masking left 8 of 8 rows of rank 0 without a negative" in caplog.text
+
+
+def test_mean_pooling_is_trained_and_recorded_in_checkpoint_and_final(tiny_dirs, bench, tmp_path):
+    from omniret.models.backbone import load_backbone
+    from omniret.training.trainer import fit
+
+    cfg = _cfg(tiny_dirs, bench, tmp_path, "mean", "train.mode=lora", "lora.r=4", "lora.dropout=0.0",
+               "train.max_steps=1", "model.pooling=mean")
+    result = fit(cfg, local=True)
+    checkpoint = latest_checkpoint(result.run_dir)
+    base = cfg.model.model_copy(update={"pooling": "auto"})
+    assert load_backbone(base.model_copy(update={"adapter": str(checkpoint)})).pooling == "mean"
+    assert load_backbone(base.model_copy(update={"path": str(result.final)})).pooling == "mean"
+    assert load_backbone(base).pooling == "last"  # the untouched base keeps last-token pooling
 
 
 def test_stage_adapters_soup_into_one_checkpoint(tiny_dirs, bench, tmp_path):

@@ -37,6 +37,9 @@ def test_lora_stage_files_chain_by_init_from():
     assert stage1.train.mode == stage2.train.mode == "lora"
     assert not stage1.train.instructions and stage2.train.instructions and stage2.train.negatives > 0
     assert stage2.train.init_from.endswith(stage1.train.name)
+    # stage 1 is plain InfoNCE; RzenEmbed's FN mask, hardness weighting and task temperatures are stage 2's
+    assert (stage1.loss.name, stage1.loss.options, stage1.loss.temperature) == ("infonce", {}, 0.02)
+    assert stage2.loss.name == "rzen" and stage2.loss.options["task_temperature"] is True
 
 
 def test_relative_paths_are_rebased_on_root(tmp_path):

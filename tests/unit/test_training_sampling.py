@@ -15,8 +15,11 @@ from omniret.training.sampling import (
     BatchSampler,
     alignment_scores,
     probe_sets,
+    pyramid_due,
+    pyramid_interval,
     pyramid_probabilities,
     sigma_at,
+    sigma_at_step,
 )
 
 SIZES = {"cls_a": ("image_classification", 30), "cls_b": ("image_classification", 20),
@@ -112,6 +115,46 @@ def test_sigma_rises_linearly_over_epochs():
     assert [round(sigma_at(e, 3), 4) for e in range(3)] == [0.1, 0.55, 1.0]
     assert sigma_at(0, 1) == 0.1
     assert sigma_at(7, 3) == 1.0
+
+
+def test_sigma_follows_steps_and_matches_the_epoch_schedule():
+    # one decision per epoch (interval = an epoch of 10 steps, 3 epochs): GVE's 0.1, 0.55, 1.0
+    assert [round(sigma_at_step(s, 30, 10), 4) for s in (0, 10, 20)] == [0.1, 0.55, 1.0]
+    # a single-epoch run of 90 steps: 3 decisions, sigma rises inside the epoch
+    interval = pyramid_interval(90, steps_per_epoch=90)
+    assert interval == 30
+    assert [round(sigma_at_step(s, 90, interval), 4) for s in range(0, 90, interval)] == [0.1, 0.55, 1.0]
+    assert pyramid_interval(90, 90, every=7) == 7 and pyramid_interval(2, 90) == 1
+    assert sigma_at_step(5, 5, 5) == 0.1  # one decision only: sigma_min
+    assert pyramid_due(30, 30, None) and not pyramid_due(30, 30, 30) and not pyramid_due(31, 30, None)
+    with pytest.raises(ValueError, match="interval"):
+        pyramid_interval(90, 90, every=0)
+
+
+def test_probabilities_change_inside_an_epoch_and_resume_exactly():
+    only = {g: {h: float(g == h) for h in ("image_classification", "t2i", "docs", "vqa")}
+            for g in ("vqa", "t2i")}
+    reference = BatchSampler(_mixture(), batch_size=8, seed=4, steps_per_epoch=20)
+    reference.begin_epoch(only["vqa"], sigma=0.1)
+    first = [reference.next() for _ in range(6)]
+    untouched = BatchSampler(_mixture(), batch_size=8, seed=4, steps_per_epoch=20)
+    untouched.begin_epoch(only["vqa"], sigma=0.1)
+    assert [b.indices for b in first] == [untouched.next().indices for _ in range(6)]
+    reference.update_probabilities(only["t2i"], alignment={"t2i": 0.5}, sigma=0.55)
+    assert reference.current_probabilities == only["t2i"] and reference.state.probabilities == only["vqa"]
+    assert [b.indices for b in reference.plan()[:6]] == [b.indices for b in first]  # drawn batches stay
+    state = reference.state_dict()
+    later = [reference.next() for _ in range(14)]
+    assert {b.group for b in first} == {"vqa"} and {b.group for b in later} == {"t2i"}
+    resumed = BatchSampler(_mixture(), batch_size=8, seed=4, steps_per_epoch=20)
+    resumed.load_state_dict(state)
+    assert [b.indices for b in (resumed.next() for _ in range(14))] == [b.indices for b in later]
+    assert reference.needs_epoch_start and reference.state.phases is None  # the next epoch starts afresh
+    with pytest.raises(RuntimeError, match="begin_epoch"):
+        resumed.update_probabilities(only["vqa"])
+    resumed.begin_epoch()
+    with pytest.raises(ValueError, match="unknown"):
+        resumed.update_probabilities({"nope": 1.0})
 
 
 def test_pyramid_probabilities_follow_softmax_of_alignment_over_sigma():

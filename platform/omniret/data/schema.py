@@ -4,7 +4,8 @@ A :class:`Side` is one query or document: instruction, text, images, a video (or
 a folder of frames) and a PDF page, any mix. Media are paths, relative to a root or absolute;
 :meth:`Side.to_item` resolves them into an :class:`omniret.items.Item`. A :class:`Pair` adds the
 dataset it comes from, its task group (one of the seven RzenEmbed groups in :data:`TASK_GROUPS`,
-whose position is the task id a per-task temperature uses) and free-form ``meta``.
+whose position is the task id a per-task temperature uses) and free-form ``meta``. Optional
+``teacher_scores`` are a reranker's logits for ``[positives[0], *negatives]`` (distillation).
 
 ``Pair.to_dict`` / ``Pair.from_dict`` define the jsonl row; ``from_dict`` checks every field and
 raises :class:`SchemaError` saying what is wrong. Each side's ``modality`` is written out (e.g.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ TASK_GROUPS = ("image_classification", "image_qa", "image_retrieval", "image_gro
 MODALITIES = ("text", "image", "video", "page")
 
 _SIDE_KEYS = {"instruction", "text", "images", "video", "page", "modality", "reasoning"}
-_PAIR_KEYS = {"id", "dataset", "task", "query", "positives", "negatives", "meta"}
+_PAIR_KEYS = {"id", "dataset", "task", "query", "positives", "negatives", "meta", "teacher_scores"}
 
 
 class SchemaError(OmniretError, ValueError):
@@ -131,6 +133,8 @@ class Pair:
     task: str = ""
     id: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Teacher (reranker) logits of ``[positives[0], *negatives]``, in that order; written by score-pairs.
+    teacher_scores: list[float] | None = None
 
     @property
     def task_id(self) -> int:
@@ -148,6 +152,8 @@ class Pair:
                                "negatives": [s.to_dict() for s in self.negatives]}
         if self.meta:
             out["meta"] = self.meta
+        if self.teacher_scores is not None:
+            out["teacher_scores"] = list(self.teacher_scores)
         return out
 
     @classmethod
@@ -171,7 +177,19 @@ class Pair:
                    positives=[Side.from_dict(s, f"positives[{i}]") for i, s in enumerate(positives)],
                    negatives=[Side.from_dict(s, f"negatives[{i}]") for i, s in enumerate(negatives)],
                    dataset=check_dataset(data.get("dataset") or dataset),
-                   task=check_task(data.get("task") or task), id=_opt_str(data.get("id"), "id"), meta=meta)
+                   task=check_task(data.get("task") or task), id=_opt_str(data.get("id"), "id"), meta=meta,
+                   teacher_scores=_teacher_scores(data.get("teacher_scores"), len(negatives)))
+
+
+def _teacher_scores(value: Any, negatives: int) -> list[float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        raise SchemaError(f"teacher_scores: expected a list of finite numbers, got {value!r:.60}")
+    if len(value) != 1 + negatives:
+        raise SchemaError(f"teacher_scores: {len(value)} scores for 1 positive + {negatives} negatives")
+    return [float(v) for v in value]
 
 
 def check_task(task: Any) -> str:

@@ -51,15 +51,15 @@ class EvalDataset:
             self.candidate_ids.append(cid if cid is not None else f"c{len(self.candidates) - 1}")
         return self._index[key]
 
-    def add_local(self, qid: str, query: Side, candidates: list[Side]) -> None:
-        """A query ranked against its own list; ``candidates[0]`` is the positive."""
+    def add_local(self, qid: str, query: Side, candidates: list[Side], relevant: list[int] | None = None) -> None:
+        """A query ranked against its own list; ``candidates[0]`` is the positive, or those at ``relevant``."""
         if self.lists is None:
             self.lists = []
         indices = [self.add_candidate(c) for c in candidates]
         self.queries.append(query)
         self.query_ids.append(qid)
         self.lists.append(indices)
-        self.qrels.append({indices[0]: 1.0})
+        self.qrels.append({indices[i]: 1.0 for i in (relevant if relevant is not None else [0])})
 
     def add_global(self, qid: str, query: Side, graded: dict[int, float]) -> None:
         self.queries.append(query)

@@ -1,6 +1,7 @@
 """Embed the queries and candidates of evaluation sets in this process; failures are kept per item.
 
-An item whose media cannot be decoded does not stop the run: its error (naming the dataset, the item
+An item that cannot be embedded (media that cannot be decoded, or any other error, even one raised
+inside the model for a whole batch) does not stop the run: its error (naming the dataset, the item
 and the file) is recorded, a failed query scores 0 and a failed candidate ranks last.
 """
 
@@ -8,11 +9,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
 from omniret.data.schema import Side
+from omniret.errors import MediaError
 from omniret.eval.dataset import EvalDataset
+from omniret.models.isolation import embed_isolated, reason_of
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +53,13 @@ def item_names(ds: EvalDataset, role: str) -> list[str]:
 
 
 def embed_sides(embedder, sides: list[Side], names: list[str]) -> Embedded:
-    items = [side.to_item(name=name) for side, name in zip(sides, names, strict=True)]
-    vectors, kept, errors = embedder.encode_lenient(items)
-    out = np.zeros((len(items), vectors.shape[1]), dtype=np.float32)
-    ok = np.zeros(len(items), dtype=bool)
-    out[kept], ok[kept] = vectors, True
-    failed = [i for i in range(len(items)) if not ok[i]]  # encode_lenient reports errors in item order
-    return Embedded(out, ok, {i: str(e) for i, e in zip(failed, errors, strict=True)})
+    makers = [partial(side.to_item, name=name) for side, name in zip(sides, names, strict=True)]
+    vectors, errors = embed_isolated(embedder, makers)
+    ok = np.ones(len(sides), dtype=bool)
+    ok[list(errors)] = False
+    # A MediaError names its item and file itself; other errors get the item's name in front.
+    return Embedded(vectors, ok, {i: str(e) if isinstance(e, MediaError) else f"{names[i]}: {reason_of(e)}"
+                                  for i, e in sorted(errors.items())})
 
 
 def embed_dataset(embedder, ds: EvalDataset) -> EmbeddedSet:

@@ -16,9 +16,17 @@ Layouts under an evaluation root (``eval.root``):
   ranked against the pool of every distinct video of the file; a ``video_id`` finds its frames in
   ``video-tasks/frames/<group>/<name>/<video_id>/``. Rows with ``tgt_text`` lists (and
   ``qry_video_path`` / ``qry_frame_dir`` / ``video_id``) or with ``options`` + ``answer`` are
-  candidate-list rows. Moment-retrieval sets (V-MRET) are not read.
+  candidate-list rows. Moment-retrieval sets (V-MRET, :func:`read_moment_dataset`) rank each query's
+  own clips: QVHighlight / Charades-STA rows (``query``, ``video_path``) find the query video in
+  ``<frames>/<video>/query/`` and the clips in the other folders of ``<frames>/<video>/``, the
+  positives named ``positive*``; MomentSeeker rows (``query``, ``input_frames``, ``positive_frames``,
+  ``negative_frames``) name clips whose frames are in ``<frames>/video_frames/<path with / as _>/``
+  and an optional query video (same place) or image (``<frames>/query_<file>``).
 - ``visdoc-tasks/<name>/``: BEIR ``queries`` / ``corpus`` / ``qrels`` (see :mod:`omniret.data.beir`),
   ranked against the whole corpus with graded relevance.
+
+Where both a visual-document split and its corrected ``-fixed`` version are found
+(``catalog.FIXED_SPLITS``), only the ``-fixed`` one is read.
 
 Aggregation (:func:`aggregate`) follows MMEB-V2: per-dataset score x 100, meta-task means, and
 Image / Video / VisDoc / Overall as plain means over datasets, not over meta-tasks.
@@ -53,6 +61,13 @@ DEFAULT_INSTRUCTIONS = {  # MMEB-V2 built-ins, for rows that do not carry their 
     "beir": ("Find a document image that matches the given query:",
              "Understand the content of the provided document image."),
 }
+MOMENT_INSTRUCTIONS = {  # MMEB-V2's built-ins of the moment-retrieval sets, by query kind
+    "video": "Find the clip that corresponds to the described scene in the given video:",
+    "text": "Find the clip that corresponds to the given text:",
+    "image": "Select the video clip that aligns with the given text and image:",
+    "segment": "Find the clip that corresponds to the given sentence and video segment:",
+    "clip": "Understand the content of the provided video clip.",
+}
 _UNKNOWN = {"image-tasks": ("I-other", "image_retrieval"), "video-tasks": ("V-other", "video_retrieval"),
             "visdoc-tasks": ("VD-other", "document_retrieval")}
 
@@ -70,7 +85,8 @@ def load_datasets(cfg: EvalConfig) -> tuple[list[EvalDataset], list[str]]:
             raise FileNotFoundError(f"dataset(s) {sorted(missing)} not found under {root}; found "
                                     f"{sorted(e['name'] for e in entries)}")
         entries = [e for e in entries if catalog.normalize(e["name"]) in wanted]
-    datasets, skipped = [], []
+    entries, skipped = _prefer_fixed_splits(entries)
+    datasets = []
     for entry in entries:
         try:
             ds = read_entry(root, entry).head(cfg.max_queries)
@@ -87,6 +103,14 @@ def load_datasets(cfg: EvalConfig) -> tuple[list[EvalDataset], list[str]]:
     return datasets, skipped
 
 
+def _prefer_fixed_splits(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Drop an original split whose ``-fixed`` version is also present (noted as skipped)."""
+    names = {e["name"] for e in entries}
+    superseded = {old for old, fixed in catalog.FIXED_SPLITS.items() if old in names and fixed in names}
+    notes = [f"{name}: superseded by {catalog.FIXED_SPLITS[name]}" for name in sorted(superseded)]
+    return [e for e in entries if e["name"] not in superseded], notes
+
+
 def read_entry(root: Path, entry: dict[str, Any]) -> EvalDataset:
     info = catalog.info_for(entry["name"], entry.get("task"), entry.get("meta_task"))
     path = root / entry["path"]
@@ -97,6 +121,8 @@ def read_entry(root: Path, entry: dict[str, Any]) -> EvalDataset:
     roots = [path.parent if path.is_file() else path, root / entry.get("media_root", "."), root]
     if entry["layout"] == "video":
         return read_video_dataset(path, info, roots, entry.get("frames"), instructions)
+    if entry["layout"] == "moment":
+        return read_moment_dataset(path, info, roots, entry.get("frames"), instructions)
     return read_local_dataset(path, info, roots, entry.get("frames"))
 
 
@@ -123,7 +149,8 @@ def _entry(name: str, group: str, layout: str, path: Path, root: Path, **extra: 
     known = catalog.lookup(name)
     meta, task = (known.meta_task, known.task) if known else _UNKNOWN[group]
     if layout == "auto-video":
-        layout = "video" if meta in ("V-RET",) or (not known and _looks_like_retrieval(path)) else "local"
+        layout = ("moment" if meta == "V-MRET" else
+                  "video" if meta in ("V-RET",) or (not known and _looks_like_retrieval(path)) else "local")
     return {"name": known.name if known else name, "task": task, "meta_task": meta, "layout": layout,
             "path": str(path.relative_to(root) if path.is_relative_to(root) else path), **extra}
 
@@ -260,6 +287,83 @@ def read_video_dataset(path: Path, info: DatasetInfo, roots: list[Path], frames:
             ds.add_global(f"q{len(ds.queries)}", Side(text=caption, instruction=_clean(row.get("qry_inst"))
                                                       or instructions[0]), {cand: 1.0})
     return ds
+
+
+def read_moment_dataset(path: Path, info: DatasetInfo, roots: list[Path], frames: str | None,
+                        instructions: tuple[str | None, str | None]) -> EvalDataset:
+    """V-MRET rows: each query ranks its own clips (several may be positive); see the module docstring."""
+    ds = EvalDataset(info, source=str(path))
+    for file in data_files(path):
+        for number, row, reason in iter_records(file):
+            try:
+                if row is None:
+                    raise ValueError(reason)
+                if not frames:
+                    raise ValueError("no frames folder (video-tasks/frames/video_mret/<name>/) for this set")
+                reader = _moment_seeker_row if "positive_frames" in row else _moment_video_row
+                query, clips, positives = reader(row, Path(frames), roots)
+            except (ValueError, TypeError, KeyError, OSError) as exc:
+                ds.problems.append(f"{file}:{number}: {exc}")
+                continue
+            query.instruction = instructions[0] or query.instruction
+            for clip in clips:
+                clip.instruction = instructions[1] or clip.instruction
+            ds.add_local(f"q{len(ds.queries)}", query, clips, relevant=positives)
+    return ds
+
+
+def _folder(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise ValueError(f"{what} frames not found: {path}")
+    return path
+
+
+def _moment_video_row(row: dict[str, Any], frames: Path, roots: list[Path]) -> tuple[Side, list[Side], list[int]]:
+    """QVHighlight / Charades-STA: the query is text + the whole video; clips are its other folders."""
+    text = _clean(row.get("query"))
+    video_path = row.get("video_path")
+    if not text or not isinstance(video_path, str) or not video_path:
+        raise ValueError("needs a query and a video_path")
+    folder = _folder(frames / Path(video_path).stem, "video")
+    query = Side(text=text, video=VideoRef(str(_folder(folder / "query", "query"))),
+                 instruction=MOMENT_INSTRUCTIONS["video"])
+    clips = sorted(d for d in folder.iterdir() if d.is_dir() and d.name != "query")
+    positives = [i for i, d in enumerate(clips) if d.name.startswith("positive")]
+    if not positives:
+        raise ValueError(f"no positive clip under {folder}")
+    return query, [Side(video=VideoRef(str(d)), instruction=MOMENT_INSTRUCTIONS["clip"]) for d in clips], positives
+
+
+def _clip_folder(frames: Path, name: str) -> Path:
+    return frames / "video_frames" / name.split(".mp4")[0].replace("/", "_")
+
+
+def _moment_seeker_row(row: dict[str, Any], frames: Path, roots: list[Path]) -> tuple[Side, list[Side], list[int]]:
+    """MomentSeeker: named positive and negative clips; the query is text, text + image or text + a segment."""
+    text = _clean(row.get("query"))
+    if not text:
+        raise ValueError("empty query")
+    source = str(row.get("input_frames") or "")
+    if source.endswith(".mp4"):
+        query = Side(text=text, video=VideoRef(str(_folder(_clip_folder(frames, source), "query video"))),
+                     instruction=MOMENT_INSTRUCTIONS["segment"])
+    elif source:
+        image = frames / f"query_{source}"
+        if not image.is_file():
+            raise ValueError(f"query image not found: {image}")
+        query = Side(text=text, images=[str(image)], instruction=MOMENT_INSTRUCTIONS["image"])
+    else:
+        query = Side(text=text, instruction=MOMENT_INSTRUCTIONS["text"])
+
+    def names(key: str) -> list[str]:
+        return [e["output_path"] if isinstance(e, dict) else str(e) for e in row.get(key) or []]
+
+    positive, negative = names("positive_frames"), names("negative_frames")
+    if not positive:
+        raise ValueError("no positive clip")
+    clips = [Side(video=VideoRef(str(_folder(_clip_folder(frames, n), "clip"))), instruction=MOMENT_INSTRUCTIONS["clip"])
+             for n in [*positive, *negative]]
+    return query, clips, list(range(len(positive)))
 
 
 def read_beir_dataset(folder: Path, info: DatasetInfo, instructions: tuple[str | None, str | None]) -> EvalDataset:

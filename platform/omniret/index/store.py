@@ -202,9 +202,13 @@ class IndexStore:
     def drop_duplicates(self) -> int:
         """Keep one row per id (the newest); returns how many rows were removed.
 
-        Ingest never writes two rows with one id through a single writer; this repairs a table after
-        concurrent writers raced to insert the same new id. Not atomic: if interrupted between the
-        delete and the re-add, those ids are simply missing and the next ingest embeds them again.
+        Concurrent writers that insert the same new id each add a row (merge_insert matches only
+        committed rows). The extra rows are removed by a single delete of the older copies, named
+        by id and row address: the row that stays is never touched, so an interrupted or concurrent
+        repair can leave a duplicate for the next one but never loses an id. Row addresses are
+        (fragment, offset) of immutable fragments whose ids are never reused, so an address read
+        before another process compacted or updated the table matches no row afterwards (nothing
+        is deleted) rather than another row.
         """
         ids = self.scan(["id"])["id"]
         counts = pc.value_counts(ids)
@@ -213,12 +217,14 @@ class IndexStore:
             return 0
         removed = 0
         for part in chunks(dup):
-            rows = self.table.search().where(in_list("id", part)).limit(None).to_arrow()
-            rows = rows.drop_columns([c for c in rows.column_names if c.startswith("_")])
-            keep = dedupe_by_id(rows.sort_by([("created_at", "descending")]))
-            self.table.delete(in_list("id", part))
-            self.table.add(keep.select(self.table.schema.names).cast(self.table.schema))
-            removed += rows.num_rows - keep.num_rows
+            where = in_list("id", part)
+            rows = (self.table.search().where(where).select(["id", "created_at"]).with_row_id(True)
+                    .limit(None).to_arrow())
+            older = older_copies(rows)
+            if older:
+                before = self.table.count_rows(where)
+                self.table.delete(f"{where} AND _rowid IN ({', '.join(map(str, older))})")
+                removed += before - self.table.count_rows(where)
         return removed
 
     # ---- errors ------------------------------------------------------------------------------
@@ -407,6 +413,18 @@ def dedupe_by_id(rows: pa.Table) -> pa.Table:
     for position, value in enumerate(rows["id"].to_pylist()):
         first.setdefault(value, position)
     return rows if len(first) == rows.num_rows else rows.take(sorted(first.values()))
+
+
+def older_copies(rows: pa.Table) -> list[int]:
+    """Row addresses (``_rowid``) of every row but the newest of each id (ties: the highest address,
+    so that concurrent repairs reading the same rows choose the same survivor)."""
+    best: dict[str, tuple[Any, int]] = {}
+    for row in rows.select(["id", "created_at", "_rowid"]).to_pylist():
+        rank = (row["created_at"], row["_rowid"])
+        if row["id"] not in best or rank > best[row["id"]]:
+            best[row["id"]] = rank
+    keep = {rank[1] for rank in best.values()}
+    return sorted(r for r in rows["_rowid"].to_pylist() if r not in keep)
 
 
 def sub_vectors(dim: int) -> int:

@@ -2,14 +2,17 @@
 
 The model loads on the first batch that has something to embed, so a run that finds everything
 already stored never loads it. Within a batch, items are grouped by token budget
-(``embed.batch_tokens``) by the embedder itself; an item the model cannot take (too many tokens,
-media that fails to patchify) becomes a failed row and the rest of the batch goes on.
+(``embed.batch_tokens``) by the embedder itself. Any error stays with its own item: an item the
+model cannot take (too many tokens, media that fails to patchify, a row that cannot be rebuilt)
+becomes a failed row, and when the model fails on a batch as a whole, its items are embedded one by
+one so that only the culprit fails (:func:`omniret.models.isolation.embed_isolated`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,10 @@ import pyarrow as pa
 from PIL import Image
 
 from omniret.config import OmniretConfig
-from omniret.errors import MediaError
 from omniret.ingest import rows
-from omniret.ingest.expand import frames_of
+from omniret.ingest.expand import MAX_REASON, frames_of
 from omniret.items import Item
+from omniret.models.isolation import embed_isolated, reason_of
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +106,12 @@ class EmbedBatch:
         return rows.table(out, rows.EMBEDDED_SCHEMA)
 
     def _embed(self, work: list[dict[str, Any]], out: list[dict[str, Any]]) -> None:
-        encoder = self.embedder.encoder
-        encoded, targets = [], []
-        for row, target in zip(work, out, strict=True):
-            try:
-                encoded.append(encoder.encode(row_to_item(row)))
-                targets.append(target)
-            except MediaError as exc:
-                target.update(status=rows.FAILED, stage="embed", reason=exc.reason)
-        if not encoded:
-            return
-        vectors = self.embedder.encode_prepared(encoded, self.cfg.embed.dimensions, progress=False)
+        vectors, errors = embed_isolated(self.embedder, [partial(row_to_item, row) for row in work],
+                                         self.cfg.embed.dimensions)
         now = dt.datetime.now(dt.timezone.utc)
-        for target, vector in zip(targets, vectors, strict=True):
-            target.update(status=rows.EMBEDDED, vector=vector.tolist(), model=self.model, created_at=now)
-        self.embedded += len(targets)
+        for i, (target, vector) in enumerate(zip(out, vectors, strict=True)):
+            if i in errors:
+                target.update(status=rows.FAILED, stage="embed", reason=reason_of(errors[i])[:MAX_REASON])
+            else:
+                target.update(status=rows.EMBEDDED, vector=vector.tolist(), model=self.model, created_at=now)
+                self.embedded += 1

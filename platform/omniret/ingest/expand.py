@@ -138,6 +138,8 @@ def open_and_plan(uri: str, stack: ExitStack, media: MediaConfig
         src = stack.enter_context(local_file(uri, max_bytes=media.max_file_bytes))
     except MediaError as exc:
         return rows.failure(uri, "read", _short(exc.reason))
+    except Exception as exc:  # e.g. a storage client's own error type: this file fails, not the batch
+        return rows.failure(uri, "read", _short(f"{type(exc).__name__}: {exc}"))
     if src.kind is None:
         return rows.failure(uri, "classify", "unknown file type: its content is not an image, video or PDF",
                             sha256=src.sha256)
@@ -149,11 +151,27 @@ def open_and_plan(uri: str, stack: ExitStack, media: MediaConfig
         return rows.failure(uri, "probe", _short(f"{type(exc).__name__}: {exc}"), sha256=src.sha256)
 
 
-def expand_files(batch: pa.Table, *, media: dict[str, Any], index: dict[str, Any], thumbnail_px: int
-                 ) -> Iterator[pa.Table]:
+def expand_files(batch: pa.Table, *, media: dict[str, Any], index: dict[str, Any], thumbnail_px: int,
+                 isolate: bool = False) -> Iterator[pa.Table]:
     """Ray Data UDF: a batch of (uri, size) rows -> work rows (see :mod:`omniret.ingest.rows`).
 
-    The ids of the whole batch are looked up in the table with one query; rows are yielded item by
+    With ``isolate`` the decoding runs in a child Ray task (:mod:`omniret.ingest.isolate`), so a
+    native crash fails only the files being decoded, not this task and the whole run.
+    """
+    uris = batch["uri"].to_pylist()
+    if isolate:
+        from omniret.ingest.isolate import expand_in_child
+
+        yield from expand_in_child(uris, media=media, index=index, thumbnail_px=thumbnail_px)
+    else:
+        yield from expand_uris(uris, media=media, index=index, thumbnail_px=thumbnail_px)
+
+
+def expand_uris(uris: list[str], *, media: dict[str, Any], index: dict[str, Any], thumbnail_px: int
+                ) -> Iterator[pa.Table]:
+    """Work rows of the files ``uris``: failures of unreadable files first, then file by file.
+
+    The ids of all the files are looked up in the table with one query; rows are yielded item by
     item so a long PDF never sits in memory as a whole.
     """
     from omniret.index.store import IndexStore
@@ -161,7 +179,7 @@ def expand_files(batch: pa.Table, *, media: dict[str, Any], index: dict[str, Any
     media_cfg = MediaConfig.model_validate(media)
     with ExitStack() as stack:
         planned, failed = [], []
-        for uri in batch["uri"].to_pylist():
+        for uri in uris:
             result = open_and_plan(uri, stack, media_cfg)
             (failed if isinstance(result, dict) else planned).append(result)
         if failed:

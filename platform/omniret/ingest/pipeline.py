@@ -46,7 +46,7 @@ def build_dataset(files: Sequence[SourceFile], cfg: OmniretConfig, model: str) -
     ds = ds.map_batches(
         expand_files, batch_size=ing.files_per_task, batch_format="pyarrow",
         fn_kwargs={"media": cfg.media.model_dump(), "index": cfg.index.model_dump(),
-                   "thumbnail_px": ing.thumbnail_px},
+                   "thumbnail_px": ing.thumbnail_px, "isolate": ing.isolate_decoding},
         # The memory reservation also differs from the embedder's resources, which keeps Ray Data
         # from fusing decoding into the embedder actors: decoding should run beside the model.
         num_cpus=1, memory=ing.decode_memory_mb * 2**20)

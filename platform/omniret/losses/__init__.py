@@ -2,8 +2,9 @@
 
 Every loss is a :class:`ContrastiveLoss` with ``forward(q, t, negatives=None, *, task_ids=None, q_modality=None,
 t_modality=None, step=None, positive_mask=None) -> LossOutput``; build one by name with :func:`build_loss`.
-The distributed convention (local queries vs gathered targets, loss scaled so DDP averaging yields the
-full-batch gradient) is documented in :mod:`omniret.losses.base`.
+:class:`CoSENTLoss` ranks graded-similarity pairs instead (``forward(q, d, labels)``). The distributed
+convention (local queries vs gathered targets, loss scaled so DDP averaging yields the full-batch gradient)
+is documented in :mod:`omniret.losses.base`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from omniret.losses.base import (
     normalize,
     similarity_logits,
 )
+from omniret.losses.cosent import CoSENTLoss, cosent
+from omniret.losses.distill import DistillLoss, distillation_cross_entropy
 from omniret.losses.e5omni import (
     E5OmniLoss,
     ModalityTemperature,
@@ -27,6 +30,7 @@ from omniret.losses.e5omni import (
 from omniret.losses.infonce import DebiasedContrastive, InfoNCE
 from omniret.losses.matryoshka import MatryoshkaLoss
 from omniret.losses.qqmm import ExplicitGradientAmplifier, amplified_probabilities, ega_cross_entropy
+from omniret.losses.quantize import LSQQuantizer, QuantizedLoss, lsq_quantize
 from omniret.losses.qwen3vl import Qwen3VLEmbeddingLoss
 from omniret.losses.registry import LOSSES, available_losses, build_loss
 from omniret.losses.rzen import LLaVELoss, RzenEmbedLoss
@@ -40,19 +44,23 @@ from omniret.losses.temperature import (
 
 __all__ = [
     "LOSSES",
+    "CoSENTLoss",
     "ContrastiveBatch",
     "ContrastiveLoss",
     "DebiasedContrastive",
+    "DistillLoss",
     "E5OmniLoss",
     "ExplicitGradientAmplifier",
     "FixedTemperature",
     "InfoNCE",
     "LLaVELoss",
+    "LSQQuantizer",
     "LearnableTemperature",
     "LossOutput",
     "MatryoshkaLoss",
     "ModalityTemperature",
     "NegativeCurriculum",
+    "QuantizedLoss",
     "Qwen3VLEmbeddingLoss",
     "RzenEmbedLoss",
     "TaskTemperature",
@@ -62,9 +70,12 @@ __all__ = [
     "available_losses",
     "build_loss",
     "coral_loss",
+    "cosent",
+    "distillation_cross_entropy",
     "ega_cross_entropy",
     "gather_with_grad",
     "group_whiten",
+    "lsq_quantize",
     "normalize",
     "similarity_logits",
     "temperature_parameters",

@@ -98,6 +98,15 @@ def masked_logsumexp(logits: Tensor, keep: Tensor) -> Tensor:
     return torch.logsumexp(logits.masked_fill(~keep, float("-inf")), dim=1)
 
 
+def rows_without_negatives(counts: Tensor) -> dict[str, float]:
+    """``{"rows_without_negatives": n}``: local rows whose masks left no negative in the denominator.
+
+    Such a row's loss is exactly 0 and gives no gradient (a whole batch of them: loss 0, grad_norm 0).
+    The training loop logs a warning and the count goes to metrics.csv; docs/RECIPES.md says what to do.
+    """
+    return {"rows_without_negatives": float((counts == 0).sum())}
+
+
 def duplicate_mask(a: Tensor, b: Tensor, threshold: float = DUPLICATE_COSINE) -> Tensor:
     """True where normalised rows of ``a`` and ``b`` are the same item (cosine > ``threshold``)."""
     with torch.no_grad():
@@ -191,6 +200,7 @@ class ContrastiveBatch:
     t_modality: Tensor | None = None
     step: int | None = None
     positive_mask: Tensor | None = None  # (B or B_g, B_g) extra in-batch positives
+    teacher_scores: Tensor | None = None  # (B, 1 + K) teacher logits of [positive, negatives] (distillation)
 
     @property
     def rows(self) -> int:
@@ -208,6 +218,24 @@ class ContrastiveBatch:
     def pos_cols(self) -> Tensor:
         """Global column of each local row's positive."""
         return torch.arange(self.offset, self.offset + self.rows, device=self.q.device)
+
+    def positive_rows(self, transpose: bool = False) -> Tensor | None:
+        """``positive_mask`` as (B, B_g) rows of the local queries (transposed first when asked), or None.
+
+        Accepts the global (B_g, B_g) mask or, without ``transpose``, the local rows (B, B_g).
+        """
+        mask = self.positive_mask
+        if mask is None:
+            return None
+        rows, total = self.rows, self.global_batch
+        mask = torch.as_tensor(mask, device=self.q.device).bool()
+        if mask.shape == (total, total):
+            mask = mask.T if transpose else mask
+            return mask[self.offset: self.offset + rows]
+        if mask.shape != (rows, total) or (transpose and rows != total):
+            need = f"({total}, {total})" if transpose else f"({rows}, {total}) or ({total}, {total})"
+            raise ValueError(f"positive_mask must have shape {need}, got {tuple(mask.shape)}")
+        return mask.T if transpose else mask
 
     def reduce_rows(self, per_row: Tensor) -> Tensor:
         """Per-row losses -> this rank's share of the loss: ``W * sum(per_row) / B_g`` (module docstring)."""
@@ -230,6 +258,8 @@ class ContrastiveLoss(nn.Module):
     needs_global_queries: bool = False
     #: Set by losses that accept an explicit ``positive_mask``.
     supports_positive_mask: bool = False
+    #: Set by losses that read ``teacher_scores`` (distillation); the others refuse them.
+    supports_teacher_scores: bool = False
 
     def __init__(
         self,
@@ -255,17 +285,22 @@ class ContrastiveLoss(nn.Module):
         t_modality: Tensor | None = None,
         step: int | None = None,
         positive_mask: Tensor | None = None,
+        teacher_scores: Tensor | None = None,
     ) -> LossOutput:
         """Loss of queries ``q`` (B, D) against targets ``t`` (B, D) and optional ``negatives`` (B, K, D).
 
         ``task_ids``: int or (B,) ints (task temperature). ``q_modality`` / ``t_modality``: (B, 4) presence
         masks over [text, image, audio, video] (e5-omni). ``step``: the optimiser step (curricula).
         ``positive_mask``: (B, B) extra in-batch positives (losses with ``supports_positive_mask``).
+        ``teacher_scores``: (B, 1 + K) teacher logits of each row's [positive, negatives] (losses with
+        ``supports_teacher_scores``).
         """
         self._validate(q, t, negatives, positive_mask)
+        if teacher_scores is not None and not self.supports_teacher_scores:
+            raise ValueError(f"{type(self).__name__} does not use teacher_scores")
         batch = self._make_batch(q, t, negatives)
         batch.task_ids, batch.q_modality, batch.t_modality = task_ids, q_modality, t_modality
-        batch.step, batch.positive_mask = step, positive_mask
+        batch.step, batch.positive_mask, batch.teacher_scores = step, positive_mask, teacher_scores
         return self.compute(batch)
 
     def compute(self, batch: ContrastiveBatch) -> LossOutput:  # pragma: no cover - abstract

@@ -6,6 +6,7 @@ See :mod:`omniret.losses.base` for the logit layout and the distributed conventi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -17,6 +18,7 @@ from omniret.losses.base import (
     check_probability,
     masked_logsumexp,
     one_hot_columns,
+    rows_without_negatives,
     similarity_logits,
 )
 from omniret.losses.temperature import TemperatureModule
@@ -48,6 +50,13 @@ class InfoNCE(ContrastiveLoss):
     ``positive_mask``. Under torch.distributed, ``positive_mask`` must be the global (B_g, B_g) mask for the
     symmetric loss; for the one-way loss the local rows (B, B_g) also work.
 
+    ``label_only`` (Qwen3-VL-Embedding's classification objective, METHODS §8.2): rows whose negatives are
+    only their explicit negatives (the query's wrong labels), with no in-batch target in the denominator:
+    ``l_i = -log( exp(S_ii/tau) / (exp(S_ii/tau) + sum_k exp(s(q_i, n_ik)/tau)) )``. ``True``: every row;
+    a list of task groups (e.g. ``[image_classification]``): the rows of those tasks (by ``task_ids``), the
+    others keep in-batch negatives. Such rows need explicit negatives (``train.negatives``); without any
+    their loss is 0 and they are counted in ``rows_without_negatives``. Not combined with ``symmetric``.
+
     Defaults: tau = 0.02 (VLM2Vec / LLaVE / QQMM / B3, METHODS §0.2). Source: van den Oord et al. 2018;
     VLM2Vec ``src/model/model.py`` (METHODS §10.1).
     """
@@ -58,6 +67,7 @@ class InfoNCE(ContrastiveLoss):
         self,
         temperature: float | TemperatureModule = 0.02,
         symmetric: bool = False,
+        label_only: bool | Sequence[str] = False,
         *,
         learn_temperature: bool = False,
         normalize_inputs: bool = True,
@@ -67,15 +77,23 @@ class InfoNCE(ContrastiveLoss):
                          normalize_inputs=normalize_inputs, gather=gather)
         self.symmetric = bool(symmetric)
         self.needs_global_queries = self.symmetric
+        self.label_only = _label_only_tasks(label_only)
+        if self.symmetric and self.label_only:
+            raise ValueError("label_only negatives are one-way (query -> labels): use symmetric=False")
 
     def compute(self, batch: ContrastiveBatch) -> LossOutput:
         tau = self.row_temperature(batch)
         sim = similarity_logits(batch.q, batch.t_all, batch.negatives)
-        positives = self._positives(batch, transpose=False)
-        per_row = _multi_positive_ce(sim / tau[:, None], _pad_columns(positives, batch.num_negatives))
+        positives = _pad_columns(self._positives(batch, transpose=False), batch.num_negatives)
+        keep = self._label_only_keep(batch, positives)
+        logits = sim / tau[:, None]
+        if keep is not None:  # label-only rows: in-batch targets leave the denominator (and the positives)
+            logits = logits.masked_fill(~keep, float("-inf"))
+            positives = positives & keep
+        per_row = _multi_positive_ce(logits, positives)
         loss = batch.reduce_rows(per_row)
         metrics = self.base_metrics(batch, tau)
-        metrics.update(_negative_metrics(sim, _pad_columns(positives, batch.num_negatives)))
+        metrics.update(_negative_metrics(sim, positives, keep))
         if self.symmetric:
             assert batch.q_all is not None
             sim_t = batch.t @ batch.q_all.T
@@ -86,33 +104,53 @@ class InfoNCE(ContrastiveLoss):
             loss = 0.5 * (loss + loss_t)
         return LossOutput(loss, metrics)
 
+    def _label_only_keep(self, batch: ContrastiveBatch, positives: Tensor) -> Tensor | None:
+        """(B, B_g + K) columns that enter the denominator, or None (all): label-only rows keep their own
+        positive and their explicit negatives only."""
+        if not self.label_only:
+            return None
+        if self.label_only is True:
+            rows = torch.ones(batch.rows, dtype=torch.bool, device=batch.q.device)
+        else:
+            if batch.task_ids is None:
+                raise ValueError("label_only by task needs task_ids")
+            ids = torch.as_tensor(batch.task_ids, device=batch.q.device).expand(batch.rows)
+            rows = torch.isin(ids, torch.tensor(sorted(self.label_only), device=ids.device))
+        keep = torch.ones_like(positives)
+        own = one_hot_columns(batch.rows, batch.global_batch, batch.pos_cols)
+        keep[:, :batch.global_batch] = ~rows[:, None] | own
+        return keep
+
     def _positives(self, batch: ContrastiveBatch, *, transpose: bool) -> Tensor:
         """(B, B_g) boolean: the own positive plus any extra positives from ``positive_mask``."""
-        rows, total = batch.rows, batch.global_batch
-        own = one_hot_columns(rows, total, batch.pos_cols)
-        mask = batch.positive_mask
-        if mask is None:
-            return own
-        mask = torch.as_tensor(mask, device=own.device).bool()
-        if mask.shape == (total, total):
-            mask = mask.T if transpose else mask
-            mask = mask[batch.offset: batch.offset + rows]
-        elif mask.shape != (rows, total) or (transpose and rows != total):
-            need = f"({total}, {total})" if transpose else f"({rows}, {total}) or ({total}, {total})"
-            raise ValueError(f"positive_mask must have shape {need}, got {tuple(mask.shape)}")
-        elif transpose:
-            mask = mask.T
-        return own | mask
+        own = one_hot_columns(batch.rows, batch.global_batch, batch.pos_cols)
+        extra = batch.positive_rows(transpose)
+        return own if extra is None else own | extra
+
+
+def _label_only_tasks(value: bool | Sequence[str]) -> bool | frozenset[int]:
+    """``True`` / ``False``, or the task ids of the named task groups."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        value = [value]
+    from omniret.data.schema import TASK_GROUPS
+
+    unknown = sorted(set(value) - set(TASK_GROUPS))
+    if unknown:
+        raise ValueError(f"label_only names unknown task groups {unknown}; choose from {list(TASK_GROUPS)}")
+    return frozenset(TASK_GROUPS.index(name) for name in value) or False
 
 
 def _negative_metrics(sim: Tensor, positives: Tensor, keep: Tensor | None = None) -> dict[str, float]:
-    """Mean negative cosine and mean count of negatives per row that enter the denominator."""
+    """Mean negative cosine, mean count of negatives per row that enter the denominator, and the rows with none."""
     with torch.no_grad():
         negatives = ~positives if keep is None else keep & ~positives
         count = negatives.sum(1).to(sim.dtype)
         total = count.sum()
         mean_sim = (sim * negatives).sum() / total if total > 0 else sim.new_zeros(())
-        return {"num_negatives": float(count.mean()), "neg_sim": float(mean_sim)}
+        return {"num_negatives": float(count.mean()), "neg_sim": float(mean_sim),
+                **rows_without_negatives(count)}
 
 
 class DebiasedContrastive(ContrastiveLoss):

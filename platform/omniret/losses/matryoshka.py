@@ -41,6 +41,7 @@ class MatryoshkaLoss(ContrastiveLoss):
         if any(w < 0 for w in [*weights, full_weight]):
             raise ValueError("Matryoshka weights must be >= 0")
         self.inner = inner
+        self.supports_teacher_scores = inner.supports_teacher_scores
         self.dims = tuple(dims)
         self.weights = tuple(weights)
         self.full_weight = float(full_weight)
@@ -65,9 +66,12 @@ class MatryoshkaLoss(ContrastiveLoss):
         t_modality: Tensor | None = None,
         step: int | None = None,
         positive_mask: Tensor | None = None,
+        teacher_scores: Tensor | None = None,
     ) -> LossOutput:
         kwargs = {"task_ids": task_ids, "q_modality": q_modality, "t_modality": t_modality, "step": step,
                   "positive_mask": positive_mask}
+        if teacher_scores is not None:  # only distillation losses take them; the others keep refusing them
+            kwargs["teacher_scores"] = teacher_scores
         if q.dim() != 2:
             raise ValueError(f"q must have shape (B, D), got {tuple(q.shape)}")
         total = None

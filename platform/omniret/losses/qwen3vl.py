@@ -15,6 +15,7 @@ from omniret.losses.base import (
     LossOutput,
     check_non_negative,
     masked_logsumexp,
+    rows_without_negatives,
 )
 from omniret.losses.temperature import TemperatureModule
 
@@ -38,14 +39,18 @@ class Qwen3VLEmbeddingLoss(ContrastiveLoss):
     Choices where the report is silent:
 
     * tau defaults to 0.02, this project's cosine temperature (METHODS §0.2); the report does not state tau.
-    * "d_j = d_i+" is detected on embeddings: cosine > 1 - 1e-6 (``duplicate_threshold``), i.e. the same item
-      embedded twice; a duplicate index j is masked in all three in-batch terms, and explicit negatives that
-      duplicate d_i+ are masked too.
+    * "d_j = d_i+" comes from ``positive_mask`` (True where two rows' positives have the same content; the
+      training loop builds it from content keys): a duplicate index j is masked in all three in-batch terms.
+      Embeddings of the same content differ under bf16 and different padding, so a cosine test is not
+      reliable; the loop's inputs also never put a copy of d_i+ among row i's explicit negatives. Without a
+      mask (direct calls) duplicates are detected on embeddings, cosine > ``duplicate_threshold``
+      (1 - 1e-6: the same item embedded twice in one forward pass), in-batch and among explicit negatives.
     * The d-d and q-d terms range over the in-batch *positive* documents only, not other rows' hard negatives.
     * The mask is a hard 0/1 decision on detached similarities (it carries no gradient).
     """
 
     needs_global_queries = True
+    supports_positive_mask = True
 
     def __init__(
         self,
@@ -86,6 +91,7 @@ class Qwen3VLEmbeddingLoss(ContrastiveLoss):
             kept = keep.sum(1)
             metrics["num_negatives"] = float(kept.to(sim.dtype).mean())
             metrics["masked_per_row"] = float((candidates - kept).to(sim.dtype).mean())
+            metrics.update(rows_without_negatives(kept))
         return LossOutput(batch.reduce_rows(per_row), metrics)
 
     def _blocks(self, batch: ContrastiveBatch) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -93,14 +99,17 @@ class Qwen3VLEmbeddingLoss(ContrastiveLoss):
         rows, total = batch.rows, batch.global_batch
         own = torch.zeros(rows, total, dtype=torch.bool, device=batch.q.device)
         own[torch.arange(rows, device=own.device), batch.pos_cols] = True
+        keyed = batch.positive_rows()
         with torch.no_grad():
-            dup = (batch.t @ batch.t_all.T) > self.duplicate_threshold
+            dup = (batch.t @ batch.t_all.T) > self.duplicate_threshold if keyed is None else keyed.clone()
         dup &= ~own  # the positive itself is not a negative duplicate; it is simply excluded
         blocks, excluded, duplicate = [batch.q @ batch.t_all.T], [own], [dup]  # q-d (positive excluded)
         if batch.negatives is not None and batch.num_negatives:
             blocks.append(torch.einsum("bd,bkd->bk", batch.q, batch.negatives))
             with torch.no_grad():
                 neg_dup = torch.einsum("bd,bkd->bk", batch.t, batch.negatives) > self.duplicate_threshold
+                if keyed is not None:  # content keys decided the duplicates upstream (see the class docstring)
+                    neg_dup = torch.zeros_like(neg_dup)
             excluded.append(torch.zeros_like(neg_dup))
             duplicate.append(neg_dup)
         if self.use_qq:

@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from omniret.losses.base import ContrastiveLoss
+from omniret.losses.distill import DistillLoss
 from omniret.losses.e5omni import E5OmniLoss
 from omniret.losses.infonce import DebiasedContrastive, InfoNCE
 from omniret.losses.matryoshka import MatryoshkaLoss
 from omniret.losses.qqmm import ExplicitGradientAmplifier
+from omniret.losses.quantize import QuantizedLoss
 from omniret.losses.qwen3vl import Qwen3VLEmbeddingLoss
 from omniret.losses.rzen import LLaVELoss, RzenEmbedLoss
 
@@ -22,6 +24,7 @@ LOSSES: dict[str, type[ContrastiveLoss]] = {
     "qwen3vl": Qwen3VLEmbeddingLoss,
     "e5omni": E5OmniLoss,
     "qqmm_ega": ExplicitGradientAmplifier,
+    "distill": DistillLoss,
 }
 
 
@@ -39,11 +42,15 @@ def build_loss(
     *,
     matryoshka_dims: Sequence[int] | None = None,
     matryoshka_weights: Sequence[float] | None = None,
+    quantize: Sequence[str] | None = None,
+    quantize_weights: Sequence[float] | None = None,
     **kwargs: Any,
 ) -> ContrastiveLoss:
     """Build the loss registered as ``name`` with the papers' defaults, overridden by ``kwargs``.
 
-    ``matryoshka_dims`` (and optionally ``matryoshka_weights``) wraps the loss in :class:`MatryoshkaLoss`.
+    ``quantize`` (formats out of int8 / binary, optional ``quantize_weights``) adds the loss on LSQ-quantised
+    embeddings (:class:`QuantizedLoss`); then ``matryoshka_dims`` (and optionally ``matryoshka_weights``)
+    wraps the result in :class:`MatryoshkaLoss`.
     Unknown names or keyword arguments raise ValueError naming the valid choices.
     """
     key = str(name).lower()
@@ -55,6 +62,10 @@ def build_loss(
     if unknown:
         raise ValueError(f"loss {key!r} does not take {unknown}; it accepts {accepted}")
     loss = cls(**kwargs)
+    if quantize:
+        loss = QuantizedLoss(loss, formats=list(quantize), weights=quantize_weights)
+    elif quantize_weights is not None:
+        raise ValueError("quantize_weights needs quantize")
     if matryoshka_dims is not None:
         loss = MatryoshkaLoss(loss, dims=matryoshka_dims, weights=matryoshka_weights)
     elif matryoshka_weights is not None:

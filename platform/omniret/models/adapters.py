@@ -1,4 +1,4 @@
-"""LoRA adapters (the only module that imports peft): attach, save, load, merge, and soup.
+"""LoRA adapters (the only module that imports peft): attach, save, load, merge, soup, and task-vector merging.
 
 A soup merges several adapters into one checkpoint by the weighted sum of their weight deltas,
 W = W0 + sum_k w_k * s_k * B_k A_k. Averaging the A and B factors separately would not do that
@@ -16,6 +16,7 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
+from peft.utils import merge_utils
 from torch import nn
 
 from omniret.config import LoraConfig
@@ -26,7 +27,7 @@ LLM_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 # Files of a checkpoint directory that are not weights and travel with a merged model.
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
               "chat_template.json", "preprocessor_config.json", "video_preprocessor_config.json",
-              "generation_config.json", "vocab.json", "merges.txt", "omniret_tiny.json")
+              "generation_config.json", "vocab.json", "merges.txt", "omniret_tiny.json", "omniret_embedding.json")
 
 
 def peft_config(cfg: LoraConfig) -> PeftLoraConfig:
@@ -101,3 +102,41 @@ def soup(base_dir: str | Path, adapter_dirs: Sequence[str | Path], weights: Sequ
             shutil.copy2(base_dir / name, out / name)
     log.info("souped %d adapters (weights %s) into %s", len(adapter_dirs), list(weights), out)
     return out
+
+
+#: Task-vector merge methods (models/merge.py): peft's implementations of task arithmetic, TIES and DARE.
+MERGE_METHODS = ("linear", "ties", "dare_linear", "dare_ties")
+
+
+def merge_task_tensors(method: str, tensors: Sequence[torch.Tensor], weights: Sequence[float], *,
+                       density: float = 1.0, majority_sign: str = "total", seed: int = 0) -> torch.Tensor:
+    """Merge same-shaped task vectors (weight deltas) with peft's ``merge_utils``.
+
+    linear: ``sum_k w_k t_k``. ties (Yadav et al. 2023): keep each tensor's top ``density`` fraction by
+    magnitude, elect the sign of the summed trimmed values per entry, average (weighted) the entries that
+    agree with it. dare_linear / dare_ties (Yu et al. 2024): drop each entry with probability
+    ``1 - density`` and rescale the survivors by ``1 / density``, then linear / TIES. ``seed`` makes the
+    DARE drop masks reproducible without touching the global random state.
+    """
+    if method not in MERGE_METHODS:
+        raise ValueError(f"unknown merge method {method!r}; choose one of {', '.join(MERGE_METHODS)}")
+    w = torch.tensor([float(x) for x in weights], dtype=tensors[0].dtype, device=tensors[0].device)
+    if method == "linear":
+        return merge_utils.task_arithmetic(list(tensors), w)
+    if method == "ties":
+        return merge_utils.ties(list(tensors), w, density, majority_sign)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if method == "dare_linear":
+            return merge_utils.dare_linear(list(tensors), w, density)
+        return merge_utils.dare_ties(list(tensors), w, density, majority_sign)
+
+
+def adapter_deltas(model: nn.Module, adapter_dirs: Sequence[str | Path]) -> tuple[nn.Module, list[dict[str, torch.Tensor]]]:
+    """Each adapter's weight deltas (``lora_deltas``) on ``model``; returns the unwrapped model too."""
+    out = []
+    for adapter_dir in adapter_dirs:
+        wrapped = PeftModel.from_pretrained(model, str(adapter_dir))
+        out.append(lora_deltas(wrapped))
+        model = wrapped.unload()  # the base model again, without this adapter's layers
+    return model, out

@@ -18,6 +18,7 @@ from torch import nn
 
 from omniret.config import ModelConfig
 from omniret.models.families import Family, detect_family
+from omniret.models.pooling import saved_pooling
 from omniret.models.tiny import ensure_tiny_model
 from omniret.models.vision import VisionSpec
 
@@ -65,6 +66,7 @@ class Backbone:
     path: Path
     device: torch.device
     dtype: torch.dtype
+    pooling: str = "last"  # embedding read-out (omniret.models.pooling)
 
     @property
     def core(self) -> nn.Module:
@@ -134,7 +136,8 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
         model = load_adapter(model, cfg.adapter)
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return Backbone(model, tokenizer, family, VisionSpec.from_pretrained(path), path, device, dtype)
+    pooling = cfg.pooling if cfg.pooling != "auto" else saved_pooling(cfg.adapter, path) or "last"
+    return Backbone(model, tokenizer, family, VisionSpec.from_pretrained(path), path, device, dtype, pooling)
 
 
 def _family(name: str) -> Family:

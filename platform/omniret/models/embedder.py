@@ -1,4 +1,4 @@
-"""The embedder: items -> L2-normalised vectors (last-token pooling, Matryoshka truncation).
+"""The embedder: items -> L2-normalised vectors (last-token or mean pooling, Matryoshka truncation).
 
 ``encode`` is the inference entry point (token-budget batches, progress bar, numpy out);
 ``forward`` is the differentiable path that training (GradCache) calls on a collated batch.
@@ -20,7 +20,7 @@ from omniret.items import Item, as_item
 from omniret.models.backbone import Backbone, forward_hidden, load_backbone
 from omniret.models.batching import plan_batches
 from omniret.models.encoding import Encoded
-from omniret.models.pooling import last_token_pool, matryoshka, normalize
+from omniret.models.pooling import matryoshka, normalize, pool
 from omniret.models.prompts import get_template
 from omniret.models.reasoned import ReasoningEncoder
 
@@ -30,16 +30,17 @@ log = logging.getLogger(__name__)
 class EmbeddingModel(nn.Module):
     """``nn.Module`` view of the embedding computation, so DDP and GradCache can wrap and drive it.
 
-    forward(collated batch) -> (B, H) unit vectors: last-token pooling of the last hidden states.
+    forward(collated batch) -> (B, H) unit vectors: ``pooling`` (last token or mean) of the last hidden states.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, pooling: str = "last"):
         super().__init__()
         self.model = model
+        self.pooling = pooling
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = forward_hidden(self.model, batch)
-        pooled = last_token_pool(hidden, batch["attention_mask"].to(hidden.device))
+        pooled = pool(hidden, batch["attention_mask"].to(hidden.device), self.pooling)
         return normalize(pooled.float())
 
 
@@ -50,8 +51,8 @@ class Embedder:
         self.embed_cfg = embed or EmbedConfig()
         self.template = get_template(template)
         self.encoder = ReasoningEncoder(backbone.tokenizer, backbone.family, backbone.spec, media or MediaConfig(),
-                                    self.template, max_length)
-        self.network = EmbeddingModel(backbone.model)
+                                        self.template, max_length)
+        self.network = EmbeddingModel(backbone.model, backbone.pooling)
 
     @classmethod
     def from_config(cls, cfg: OmniretConfig) -> Embedder:

@@ -1,7 +1,8 @@
 """The HTTP contract: request/response models and the translation of request inputs into Items.
 
 ``/v1/embeddings`` follows OpenAI's shape (``input`` a string or a list; ``dimensions``;
-``encoding_format`` float/base64) and, like vLLM, also accepts multimodal inputs as content parts::
+``encoding_format`` float/base64, plus int8 and packed binary) and, like vLLM, also accepts multimodal
+inputs as content parts::
 
     {"content": [{"type": "text", "text": "..."},
                  {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}},
@@ -92,7 +93,11 @@ class EmbeddingsRequest(Strict):
     input: InputValue | list[InputValue]
     model: str | None = None
     dimensions: int | None = Field(None, ge=1)
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: Literal["float", "base64", "int8", "binary"] = Field(
+        "float", description="float: a list of floats. base64: little-endian float32 bytes, base64. int8: a list "
+        "of integers in [-127, 127], round(x * 127 / max|x|) per vector (cosine is unchanged by the scale). "
+        "binary: one bit per dimension, 1 where x >= 0, packed 8 per byte with numpy.packbits in big-endian "
+        "bit order (dimension 0 is the top bit of byte 0, the last byte zero-padded), base64.")
     instruction: str | None = Field(None, description="Applied to every input without its own.")
     user: str | None = None
 
@@ -262,11 +267,18 @@ def search_item(request: SearchRequest, parser: InputParser) -> Item:
     return item
 
 
-def encode_vector(vector: Any, encoding_format: str) -> list[float] | str:
-    """OpenAI's encodings: a float list, or base64 of little-endian float32 bytes."""
+def encode_vector(vector: Any, encoding_format: str) -> list[float] | list[int] | str:
+    """OpenAI's encodings (a float list, or base64 of little-endian float32 bytes), int8 and packed binary
+    (omniret.models.quantization)."""
     import numpy as np
 
+    from omniret.models.quantization import pack_binary, to_int8
+
     array = np.asarray(vector, dtype="<f4")
+    if encoding_format == "int8":
+        return to_int8(array[None])[0].tolist()
+    if encoding_format == "binary":
+        return base64.b64encode(pack_binary(array[None])[0].tobytes()).decode("ascii")
     if encoding_format == "base64":
         return base64.b64encode(array.tobytes()).decode("ascii")
     return array.tolist()

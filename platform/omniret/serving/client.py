@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from omniret.errors import OmniretError
 
@@ -27,6 +28,24 @@ def file_uri(path: str | Path) -> str:
     path = Path(path)
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def decode_embedding(value: Any, encoding_format: str = "float", dim: int | None = None) -> np.ndarray:
+    """One ``/v1/embeddings`` vector as numpy: float32 for float/base64, int8 for int8, and for binary the
+    +-1 float32 vector of its ``dim`` bits (needed: the last byte is padded)."""
+    from omniret.models.quantization import unpack_binary
+
+    if encoding_format == "float":
+        return np.asarray(value, dtype=np.float32)
+    if encoding_format == "base64":
+        return np.frombuffer(base64.b64decode(value), dtype="<f4").astype(np.float32)
+    if encoding_format == "int8":
+        return np.asarray(value, dtype=np.int8)
+    if encoding_format == "binary":
+        packed = np.frombuffer(base64.b64decode(value), dtype=np.uint8)
+        dim = dim if dim is not None else 8 * len(packed)
+        return unpack_binary(packed[None], dim)[0]
+    raise ValueError(f"unknown encoding_format {encoding_format!r}")
 
 
 class OmniretClient:

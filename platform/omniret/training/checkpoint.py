@@ -11,6 +11,11 @@
   rank's Python / NumPy / torch (and CUDA) generators. Each rank writes its own RNG file; Ray Train
   merges the ranks' folders into one checkpoint.
 
+Nothing is unpickled on load: every ``.pt`` file holds only tensors, numbers, strings and
+containers of them, and is read with ``torch.load(weights_only=True)``, so a checkpoint from an
+untrusted place cannot run code. The generators' states are stored in that form too (the NumPy key
+as an int64 tensor, the Python state as a list of ints).
+
 :func:`export_final` writes a stage's output for the next stage: the full model (LoRA merged in)
 with the adapter kept under ``adapter/`` for soups.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -71,20 +77,40 @@ def save_training_state(folder: str | Path, *, state: dict[str, Any], optimizer:
 def save_rng(folder: str | Path, rank: int) -> None:
     target = Path(folder) / STATE_DIR
     target.mkdir(parents=True, exist_ok=True)
-    torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    torch.save({"python": python_rng_state(), "numpy": numpy_rng_state(), "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                target / f"rng_rank{rank}.pt")
 
 
+def python_rng_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    return {"version": version, "state": list(internal), "gauss": gauss}
+
+
+def numpy_rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
 def load_rng(folder: str | Path, rank: int) -> bool:
-    """Restore this rank's generators; False (generators untouched) when the file is missing."""
+    """Restore this rank's generators; False (generators untouched) when the file is missing or
+    cannot be read without unpickling (an RNG file written by an older version)."""
     path = Path(folder) / STATE_DIR / f"rng_rank{rank}.pt"
     if not path.is_file():
         log.warning("no RNG state for rank %d in %s; generators are not restored", rank, folder)
         return False
-    saved = torch.load(path, weights_only=False)
-    random.setstate(saved["python"])
-    np.random.set_state(saved["numpy"])
+    try:
+        saved = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        log.warning("RNG state %s holds objects other than tensors and numbers (%s); it is not loaded and "
+                    "the generators are not restored", path, str(exc).splitlines()[0])
+        return False
+    py = saved["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = saved["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
     torch.set_rng_state(saved["torch"])
     if saved["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["cuda"])
@@ -99,8 +125,8 @@ def load_training_state(folder: str | Path, optimizer: torch.optim.Optimizer, sc
                         loss: nn.Module) -> dict[str, Any]:
     """Restore optimizer, scheduler and loss from ``folder``; returns state.json."""
     target = Path(folder) / STATE_DIR
-    optimizer.load_state_dict(torch.load(target / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(target / "scheduler.pt", weights_only=False))
+    optimizer.load_state_dict(torch.load(target / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(target / "scheduler.pt", weights_only=True))
     loss.load_state_dict(torch.load(target / "loss.pt", weights_only=True))
     return read_state(folder)
 
@@ -119,6 +145,16 @@ def load_overrides(folder: str | Path) -> list[str]:
     return [f"model.path={folder}"]
 
 
+def stored_dtype(model_dir: str | Path) -> torch.dtype:
+    """The dtype a checkpoint's weights are stored in (config.json ``dtype`` / ``torch_dtype``; fp32 if absent)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"{model_dir}/config.json names an unknown dtype {name!r}")
+    return dtype
+
+
 def export_final(checkpoint: str | Path, out: str | Path) -> Path:
     """A stage's output from its last checkpoint: a full HF checkpoint (LoRA merged, adapter in adapter/)."""
     from omniret.models.adapters import load_adapter, merge
@@ -130,9 +166,12 @@ def export_final(checkpoint: str | Path, out: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     if info["mode"] == "lora":
         base = Path(info["base"])
-        model = detect_family(base).model_class().from_pretrained(base, dtype="auto")
-        merged = merge(load_adapter(model, checkpoint))
+        # Merge in fp32, then cast to the base's stored dtype: W0 + s*B@A rounded once, not in every
+        # bf16 operation of the merge (a bf16 add loses most of a small LoRA delta).
+        model = detect_family(base).model_class().from_pretrained(base, dtype=torch.float32)
+        merged = merge(load_adapter(model, checkpoint)).to(stored_dtype(base))
         merged.save_pretrained(tmp, safe_serialization=True)
+        copy_side_files(checkpoint, tmp)  # the checkpoint's own records (pooling) before the base's
         copy_side_files(base, tmp)
         shutil.copytree(checkpoint, tmp / "adapter", ignore=shutil.ignore_patterns(STATE_DIR))
     else:

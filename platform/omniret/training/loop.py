@@ -45,6 +45,7 @@ from omniret.losses import ContrastiveLoss, LossOutput, TaskTemperature, build_l
 from omniret.losses.temperature import LearnableTemperature
 from omniret.models.backbone import Backbone, checkpoint_path, load_backbone, unwrap
 from omniret.models.embedder import Embedder, EmbeddingModel
+from omniret.models.pooling import save_pooling
 from omniret.reasoning.attach import attach_to_pairs
 from omniret.training import checkpoint as ckpt
 from omniret.training.context import checkpoint_name
@@ -56,8 +57,10 @@ from omniret.training.sampling import (
     BatchSampler,
     alignment_scores,
     probe_sets,
+    pyramid_due,
+    pyramid_interval,
     pyramid_probabilities,
-    sigma_at,
+    sigma_at_step,
 )
 
 log = logging.getLogger(__name__)
@@ -208,7 +211,7 @@ class TrainWorker:
             update={"progress": False}), self.cfg.model.template, self.cfg.model.max_length)
         self.encoder = self.embedder_view.encoder
         self.cache = EncodeCache(t.cache_mb) if t.cache_mb else None
-        self.net = self.ctx.prepare_model(EmbeddingModel(self.model))
+        self.net = self.ctx.prepare_model(EmbeddingModel(self.model, self.backbone.pooling))
         self.loss = build_training_loss(self.cfg, self.total_steps).to(self.device)
         self.optimizer = build_optimizer(self.net, self.loss, t.lr, t.weight_decay, t.temperature_lr)
         self.scheduler = warmup_cosine(self.optimizer, self.total_steps, round(t.warmup_ratio * self.total_steps),
@@ -264,21 +267,36 @@ class TrainWorker:
 
     # ---- steps -------------------------------------------------------------------------------
     def begin_epoch(self) -> None:
+        """Start an epoch, or take a pyramid decision (re-probe; sigma from the step) inside one."""
         t, epoch = self.cfg.train, self.sampler.state.epoch
+        starting = self.sampler.needs_epoch_start
         if t.curriculum != "pyramid":
             self.sampler.begin_epoch()
             return
         decision = None
         if self.rank == 0:  # one prober decides; every rank then uses exactly the same probabilities
             scores = alignment_scores(probe_sets(self.sampler, t.probe_pairs, epoch), self._similarity)
-            sigma = sigma_at(epoch, self.total_epochs, t.sigma_min, t.sigma_max)
+            sigma = sigma_at_step(self.step, self.total_steps, self._pyramid_interval, t.sigma_min, t.sigma_max)
             decision = (pyramid_probabilities(self.sampler.base_probabilities, scores, sigma), scores, sigma)
-            record_event(self.run_dir, "curriculum", epoch=epoch, sigma=sigma, alignment=scores,
+            record_event(self.run_dir, "curriculum", epoch=epoch, step=self.step, sigma=sigma, alignment=scores,
                          probabilities=decision[0])
-            log.info("epoch %d: sigma %.2f, probabilities %s", epoch, sigma,
+            log.info("step %d (epoch %d): sigma %.2f, probabilities %s", self.step, epoch, sigma,
                      {k: round(v, 3) for k, v in decision[0].items()})
         probs, scores, sigma = _broadcast(decision)
-        self.sampler.begin_epoch(probs, alignment=scores, sigma=sigma)
+        if starting:
+            self.sampler.begin_epoch(probs, alignment=scores, sigma=sigma)
+        else:
+            self.sampler.update_probabilities(probs, alignment=scores, sigma=sigma)
+        self.sampler.state.decided_step = self.step
+
+    @property
+    def _pyramid_interval(self) -> int:
+        t = self.cfg.train
+        return pyramid_interval(self.total_steps, self.sampler.steps_per_epoch, t.probe_every)
+
+    def _curriculum_due(self) -> bool:
+        return (self.cfg.train.curriculum == "pyramid"
+                and pyramid_due(self.step, self._pyramid_interval, self.sampler.state.decided_step))
 
     def _similarity(self, pairs: list[Pair]) -> list[float]:
         """Cosine of each pair's query and first positive under the current model."""
@@ -301,7 +319,7 @@ class TrainWorker:
         """Draw, encode and train on one batch; returns the step's metrics (None when it was skipped)."""
         t = self.cfg.train
         started = time.perf_counter()
-        if self.sampler.needs_epoch_start:
+        if self.sampler.needs_epoch_start or self._curriculum_due():
             self.begin_epoch()
         batch = self.sampler.next()
         pairs = self.sampler.pairs_of(batch)
@@ -330,10 +348,15 @@ class TrainWorker:
         row = {"step": self.step, "epoch": batch.epoch, "group": batch.group, "batch": batch.fingerprint(),
                "pairs": sum(counts), "loss": _mean_over_ranks(out.loss), "lr": lr, "grad_norm": grad_norm,
                **{key: _metric(out.metrics, key) for key in ("temperature", "num_negatives", "fn_masked_per_row",
-                                                              "pos_sim", "neg_sim")},
-               "hard_negatives": inputs.negatives_per_query, "dropped": len(inputs.dropped),
+                                                              "rows_without_negatives", "pos_sim", "neg_sim")},
+               "hard_negatives": inputs.negatives_per_query, "filled_negatives": inputs.filled,
+               "dropped": len(inputs.dropped),
                "step_s": elapsed, "pairs_per_s": sum(counts) / elapsed,
                "peak_mem_mb": peak_memory_mb(self.device), **self.temperatures()}
+        if row["rows_without_negatives"] > 0:  # their loss is 0: no gradient (docs/RECIPES.md, masking)
+            log.warning("step %d: masking left %d of %d rows of rank %d without a negative (loss %.4g); see "
+                        "docs/RECIPES.md on false-negative masking", self.step, row["rows_without_negatives"],
+                        inputs.rows, self.rank, row["loss"])
         return row
 
     def _plain_step(self, queries, targets, negatives, **kwargs) -> LossOutput:
@@ -379,6 +402,7 @@ class TrainWorker:
             folder = Path(tmp)
             if self.rank == 0:
                 ckpt.save_model(folder, self.model, self.cfg.train.mode, self.base_dir)
+                save_pooling(folder, self.backbone.pooling)  # the checkpoint embeds as it was trained
                 state = {"step": self.step, "total_steps": self.total_steps, "sampler": self.sampler.state_dict(),
                          "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))}}
                 info = {"mode": self.cfg.train.mode, "base": str(self.base_dir), "step": self.step,

@@ -1,7 +1,8 @@
 """AdamW with three parameter groups and a linear-warmup cosine schedule.
 
-Groups: weight matrices (decayed), biases and norm weights (not decayed), and the loss's learnable
-temperatures (never decayed, optionally their own learning rate). Decaying a temperature's log
+Groups: weight matrices (decayed), biases and norm weights (not decayed), the loss's learnable
+temperatures (never decayed, optionally their own learning rate) and its other parameters (LSQ step
+sizes: not decayed, the model's learning rate). Decaying a temperature's log
 parameter would drag tau towards 1 (METHODS §12.4).
 """
 
@@ -30,6 +31,9 @@ def param_groups(model: nn.Module, loss: nn.Module, lr: float, weight_decay: flo
               {"params": no_decay, "weight_decay": 0.0, "lr": lr, "name": "no_decay"}]
     if temps:
         groups.append({"params": temps, "weight_decay": 0.0, "lr": temperature_lr or lr, "name": "temperature"})
+    others = [p for p in loss.parameters() if p.requires_grad and id(p) not in seen]
+    if others:
+        groups.append({"params": others, "weight_decay": 0.0, "lr": lr, "name": "loss"})
     return [g for g in groups if g["params"]]
 
 

@@ -9,15 +9,20 @@ draws from it:
 - each group is a stream of seeded permutations of its pairs: a batch takes the next ``b`` pairs,
   ``b = min(batch_size, group size)``; a remainder shorter than ``b`` is dropped and a new
   permutation starts, so a batch never holds the same pair twice;
-- **GVE modality pyramid** (METHODS §4.1): at each epoch start the model probes every group's
+- **GVE modality pyramid** (METHODS §4.1): at each decision the model probes every group's
   alignment ``R_k`` (mean cosine of query and positive over a few pairs) and groups are drawn with
-  ``P(k) ∝ base_k * exp(R_k / sigma)``, sigma rising linearly from ``sigma_min`` (epoch 0) to
-  ``sigma_max`` (last epoch); ``base_k`` are the mixture's probabilities (uniform weights reduce it
-  to GVE's softmax). Well-aligned groups come first, the schedule flattens later.
+  ``P(k) ∝ base_k * exp(R_k / sigma)``; ``base_k`` are the mixture's probabilities (uniform weights
+  reduce it to GVE's softmax). Well-aligned groups come first, the schedule flattens later.
+  GVE decides at each of its 3 epoch starts; here a decision is taken at every epoch start and
+  every ``interval`` steps (:func:`pyramid_interval`), and sigma follows the optimiser step
+  (:func:`sigma_at_step`), so a one-epoch run also moves from ``sigma_min`` to ``sigma_max``.
+  A decision inside an epoch changes the probabilities from the current position on
+  (:meth:`BatchSampler.update_probabilities`); the batches already drawn are unchanged.
 
-Everything is a function of (seed, epoch, the epoch's probabilities): an epoch's plan is rebuilt
-from :class:`SamplerState` (epoch, position, probabilities), so a resumed run continues with exactly
-the batches an uninterrupted run would have drawn; the probe is not repeated on resume.
+Everything is a function of (seed, epoch, the epoch's probability phases): an epoch's plan is
+rebuilt from :class:`SamplerState` (epoch, position, probabilities, phases), so a resumed run
+continues with exactly the batches an uninterrupted run would have drawn; the probe is not repeated
+on resume.
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ class SamplerState:
     probabilities: dict[str, float] | None = None  # this epoch's group probabilities (None: not begun)
     alignment: dict[str, float] | None = None  # this epoch's probe results (pyramid)
     sigma: float | None = None
+    # later decisions of this epoch: [position, probabilities] from which each one applies
+    phases: list[list[Any]] | None = None
+    decided_step: int | None = None  # optimiser step of the latest curriculum decision
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,14 +121,42 @@ class BatchSampler:
         self.state.probabilities = probs
         self.state.alignment = dict(alignment) if alignment is not None else None
         self.state.sigma = sigma
+        self.state.phases = None
         self._plan = None
+
+    def update_probabilities(self, probabilities: Mapping[str, float], *,
+                             alignment: Mapping[str, float] | None = None, sigma: float | None = None) -> None:
+        """New group probabilities from the current position of this epoch on (a decision inside an epoch).
+
+        The plan is rebuilt from the epoch start with the phases so far; the random draws are consumed one
+        per position whatever the probabilities, so the batches already drawn stay exactly the same.
+        """
+        if self.state.probabilities is None:
+            raise RuntimeError("call begin_epoch() first")
+        probs = dict(probabilities)
+        unknown = set(probs) - set(self.groups)
+        if unknown:
+            raise ValueError(f"probabilities name unknown groups {sorted(unknown)}")
+        phases = [p for p in (self.state.phases or []) if p[0] < self.state.position]
+        self.state.phases = [*phases, [self.state.position, probs]]
+        self.state.alignment = dict(alignment) if alignment is not None else None
+        self.state.sigma = sigma
+        self._plan = None
+
+    @property
+    def current_probabilities(self) -> dict[str, float] | None:
+        """The group probabilities the next batch is drawn with."""
+        if self.state.phases:
+            return dict(self.state.phases[-1][1])
+        return self.state.probabilities
 
     def plan(self) -> list[Batch]:
         """Every batch of the current epoch (deterministic given seed, epoch and probabilities)."""
         if self.state.probabilities is None:
             raise RuntimeError("call begin_epoch() first")
         if self._plan is None:
-            self._plan = self._build_plan(self.state.epoch, self.state.probabilities)
+            phases = [(0, self.state.probabilities), *((int(at), p) for at, p in self.state.phases or [])]
+            self._plan = self._build_plan(self.state.epoch, phases)
         return self._plan
 
     def next(self) -> Batch:
@@ -146,15 +182,17 @@ class BatchSampler:
         self._plan = None
 
     # ---- internals ---------------------------------------------------------------------------
-    def _build_plan(self, epoch: int, probabilities: Mapping[str, float]) -> list[Batch]:
-        names = [g for g in self.groups if probabilities.get(g, 0.0) > 0]
-        if not names:
-            raise ValueError("every group has probability 0 this epoch")
-        weights = [probabilities[g] for g in names]
+    def _build_plan(self, epoch: int, phases: list[tuple[int, Mapping[str, float]]]) -> list[Batch]:
         rng = random.Random(f"{self.seed}/plan/{epoch}")
-        streams = {g: self._stream(g, f"{self.seed}/{epoch}/{g}") for g in names}
+        streams = {g: self._stream(g, f"{self.seed}/{epoch}/{g}") for g in self.groups}
+        starts = {start: probabilities for start, probabilities in phases}
         plan = []
         for position in range(self.steps_per_epoch):
+            if position in starts:
+                names = [g for g in self.groups if starts[position].get(g, 0.0) > 0]
+                if not names:
+                    raise ValueError(f"every group has probability 0 (epoch {epoch}, position {position})")
+                weights = [starts[position][g] for g in names]
             if self.homogeneous:
                 group = rng.choices(names, weights)[0]
                 size = min(self.batch_size, len(self.members[group]))
@@ -164,7 +202,6 @@ class BatchSampler:
                 indices, label = [streams[g].take(1)[0] for g in rows], "mixed"
             plan.append(Batch(indices, label, epoch, position))
         return plan
-
 
     def _stream(self, group: str, key: str):
         if self.communities is None:
@@ -202,10 +239,40 @@ class _Stream:
 
 
 def sigma_at(epoch: int, epochs: int, sigma_min: float = 0.1, sigma_max: float = 1.0) -> float:
-    """Linear schedule: sigma_min at the first epoch, sigma_max at the last (sigma_min for one epoch)."""
+    """Linear per-epoch schedule: sigma_min at the first epoch, sigma_max at the last (GVE's reading)."""
     if epochs <= 1:
         return sigma_min
     return sigma_min + (sigma_max - sigma_min) * min(epoch, epochs - 1) / (epochs - 1)
+
+
+def pyramid_interval(total_steps: int, steps_per_epoch: int, every: int | None = None,
+                     decisions: int = 3) -> int:
+    """Steps between pyramid decisions: ``every`` when set, else at most an epoch and at least
+    ``decisions`` per run (GVE decides at each of its 3 epochs; a shorter run keeps 3 decisions)."""
+    if every is not None:
+        if every < 1:
+            raise ValueError(f"the probe interval must be >= 1 step, got {every}")
+        return every
+    return max(1, min(steps_per_epoch, math.ceil(total_steps / decisions)))
+
+
+def sigma_at_step(step: int, total_steps: int, interval: int, sigma_min: float = 0.1,
+                  sigma_max: float = 1.0) -> float:
+    """sigma of a decision taken before optimiser step ``step`` (0-based): linear in the step, from
+    ``sigma_min`` at step 0 to ``sigma_max`` at the last decision (``total_steps - interval``).
+
+    With one decision per epoch (``interval`` = steps per epoch) this is :func:`sigma_at`: 3 epochs give
+    0.1, 0.55, 1.0. A run with a single decision stays at ``sigma_min``.
+    """
+    span = total_steps - interval
+    if span <= 0:
+        return sigma_min
+    return sigma_min + (sigma_max - sigma_min) * min(1.0, max(0, step) / span)
+
+
+def pyramid_due(step: int, interval: int, decided_step: int | None) -> bool:
+    """Whether a pyramid decision is due before optimiser step ``step`` (not already taken there)."""
+    return step % interval == 0 and decided_step != step
 
 
 def pyramid_probabilities(base: Mapping[str, float], alignment: Mapping[str, float],
