@@ -4,7 +4,7 @@
     ray job submit --working-dir . -- python ray_jobs/mine.py --config run.yaml --checkpoint /runs/stage1 mine.ray=true
 
 --checkpoint takes a run folder (its final/ model), a training checkpoint or an HF checkpoint folder;
-without it ``model.*`` of the configuration is used. ``mine.method`` is b3 (skip the top
+without it ``model.*`` of the configuration is used. ``mine.method`` is skip_top (skip the top
 ``mine.skip_top`` ranks, keep ``mine.top_k``) or threshold (below the positive + ``mine.margin``).
 """
 

@@ -125,6 +125,14 @@ def cmd_mine(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     return 0
 
 
+def cmd_reason(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.reasoning.job import apply_sources, run_reasoning, run_teacher
+
+    summary = (run_teacher if args.teacher else run_reasoning)(apply_sources(cfg, args.pairs, args.eval))
+    print("\n".join(summary.lines()))
+    return 0
+
+
 def cmd_balance(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     import yaml
 
@@ -292,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="run folder, training checkpoint or HF checkpoint to mine with")
     p.add_argument("--source", action="append", type=Path, help="pair file or folder (default: data.train)")
     p.add_argument("--out", type=Path, help="folder for the mined pair files (default: mine.out)")
+    _add_config_args(p)
+
+    p = add("reason", cmd_reason, "write embedding-centric reasoning (ECR) for training pairs or evaluation "
+            "sets with a reasoner (Ray Data actors; resumable)")
+    p.add_argument("--pairs", action="append", type=Path, help="pair file or folder (default: reason.pairs)")
+    p.add_argument("--eval", type=Path, help="evaluation folder, MMEB layout (default: reason.eval_root)")
+    p.add_argument("--teacher", action="store_true", help="generated benchmark only: write teacher traces from "
+                   "the generator's scene notes instead of running a reasoner")
     _add_config_args(p)
 
     p = add("balance", cmd_balance, "sampling weights of the training groups from their embedding similarity "

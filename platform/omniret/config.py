@@ -43,6 +43,13 @@ class ModelConfig(Section):
         "(SAIL). auto: what the checkpoint recorded (omniret_embedding.json), else last.")
     max_length: int = Field(8192, ge=16, description="Token limit of one embedded item.")
     seed: int = 0
+    reasoning: Literal["none", "query", "target", "both"] = Field(
+        "none", description="Think-Then-Embed (TTE_t): render ECR after the input on the query side, the "
+        "target side or both; texts come from `reasoning_from`.")
+    reasoning_from: list[str] = Field(default_factory=list, description="ECR files or folders "
+                                      "(`omniret reason` output: <out>/ecr.jsonl), looked up by content hash.")
+    reasoning_reasoner: str | None = Field(None, description="Use only ECR of this reasoner id.")
+    reasoning_template: str | None = Field(None, description="Use only ECR of this template id.")
 
 
 class MediaConfig(Section):
@@ -346,6 +353,14 @@ class TrainConfig(Section):
     probe_every: int | None = Field(
         None, ge=1, description="Steps between pyramid decisions (re-probe; sigma follows the step). None: every "
         "epoch start and at least 3 decisions per run.")
+    batching: Literal["random", "b3"] = Field(
+        "random", description="random: seeded permutations of each group; b3: batches of |B|/K METIS "
+        "communities of mutual hard negatives, built with the stage's starting model (homogeneous only).")
+    b3_community: int = Field(8, ge=1, description="b3: community size K (batch_size should be a multiple).")
+    b3_skip: int = Field(30, ge=0, description="b3: top ranks p skipped per query (likely false negatives).")
+    b3_neighbours: int = Field(100, ge=1, description="b3: ranks m kept after the skipped ones.")
+    b3_file: str | None = Field(None, description="b3: communities file (default: <run>/b3.json, built "
+                                "before the stage trains).")
     negatives: int = Field(0, ge=0, description="Explicit hard negatives per query taken from the pairs.")
     cache_mb: float = Field(0, ge=0, description="Keep encoded items (pixels, tokens) for later epochs, up to "
                             "this many MB per worker (0: decode every time).")
@@ -360,16 +375,17 @@ class TrainConfig(Section):
 
 
 class MineConfig(Section):
-    """Hard-negative mining with a checkpoint: B3-style rank skipping or a Qwen3-VL-style score threshold."""
+    """Hard-negative mining with a checkpoint: per-query rank skipping or a Qwen3-VL-style score threshold."""
 
     before_training: bool = Field(False, description="In a recipe: mine this stage's pairs with the previous "
                                   "stage's model first, then train on the mined pairs.")
     out: str | None = Field(None, description="Folder for the mined pair files (default: <run>/mined).")
-    method: Literal["b3", "threshold", "f1"] = Field(
-        "b3", description="b3: skip the top ranks; threshold: below the positive + margin (Qwen3-VL); f1: below "
-        "the dataset's F1-optimal threshold (SAIL).")
+    method: Literal["skip_top", "threshold", "f1"] = Field(
+        "skip_top", description="skip_top: skip the top ranks, keep the next top_k (B3's rule per query; B3 "
+        "batches are train.batching=b3); threshold: below the positive + margin (Qwen3-VL); f1: below the "
+        "dataset's F1-optimal threshold (SAIL).")
     top_k: int = Field(3, ge=1, description="Hard negatives kept per query.")
-    skip_top: int = Field(30, ge=0, description="b3: non-positive ranks skipped first (likely false negatives).")
+    skip_top: int = Field(30, ge=0, description="skip_top: non-positive ranks skipped first (likely false negatives).")
     margin: float = Field(0.0, description="threshold: skip candidates scoring above the positive + margin.")
     min_positive: float | None = Field(
         None, description="t+ (Qwen3-VL): keep a query only if some positive scores above this (None: all).")
@@ -378,6 +394,33 @@ class MineConfig(Section):
     keep_existing: bool = Field(False, description="Append mined negatives to the pair's own instead of replacing.")
     ray: bool = Field(False, description="Embed with Ray Data actors instead of in this process.")
     actors: int = Field(1, ge=1)
+
+
+class ReasonConfig(Section):
+    """The reasoner (Think-Then-Embed ECR): its checkpoint, decoding, and the job that stores the ECR."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The reasoner's checkpoint "
+                               "(any Qwen-VL; None path: the tiny offline model).")
+    template: str = Field("auto", description="Reasoner prompt (omniret.reasoning.templates): qa, visdoc, "
+                          "grounding, retrieval, video, or auto (by each item's task group).")
+    max_new_tokens: int = Field(256, ge=1, description="Generation limit; an unclosed <think> is cut here "
+                                "and recorded as truncated.")
+    do_sample: bool = Field(False, description="false: greedy (deterministic); true: sampled with temperature/top_p.")
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    seed: int = Field(0, description="Seed of sampled decoding (per batch, from the seed and the batch's keys).")
+    batch_size: int = Field(8, ge=1, description="Items per generate call (left-padded).")
+    max_length: int = Field(4096, ge=16, description="Prompt token limit of one item.")
+    sides: Literal["query", "target", "both"] = Field(
+        "query", description="Which sides of training pairs get ECR (evaluation sets: queries / candidates).")
+    pairs: list[str] = Field(default_factory=list, description="Pair files or folders to reason over.")
+    eval_root: str | None = Field(None, description="Evaluation folder (MMEB layout) to reason over.")
+    out: str = Field(".omniret/reasoning", description="Folder of ecr.jsonl and errors.jsonl.")
+    ray: bool = Field(True, description="Run the reasoner actors with Ray Data (false: in this process).")
+    actors: int = Field(1, ge=1, description="Reasoner actors (one model copy each).")
+    batch_rows: int = Field(16, ge=1, description="Items handed to a reasoner actor per call.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per reasoner actor.")
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of a Ray instance started locally.")
 
 
 class ScoreConfig(Section):
@@ -418,6 +461,7 @@ class OmniretConfig(Section):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     mine: MineConfig = MineConfig()
+    reason: ReasonConfig = ReasonConfig()
     score: ScoreConfig = ScoreConfig()
     merge: MergeConfig = MergeConfig()
 

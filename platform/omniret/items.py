@@ -35,7 +35,11 @@ class PageRef:
 
 @dataclass
 class Item:
-    """One query or document. ``name`` identifies it in error messages (defaults to its position)."""
+    """One query or document. ``name`` identifies it in error messages (defaults to its position).
+
+    ``reasoning`` is optional embedding-centric reasoning (Think-Then-Embed ECR) about the item; an
+    embedding prompt renders it after the user text (omniret.models.reasoned).
+    """
 
     text: str | None = None
     images: list[ImageLike] = field(default_factory=list)
@@ -43,6 +47,7 @@ class Item:
     page: PageRef | None = None
     instruction: str | None = None
     name: str | None = None
+    reasoning: str | None = None
 
     @property
     def modalities(self) -> list[str]:

@@ -16,11 +16,11 @@ from omniret.training.mining import f1_threshold, keep_query, mine, select_negat
 SCORES = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
 
 
-def test_b3_skips_the_top_ranks_after_removing_positives():
+def test_skip_top_skips_the_top_ranks_after_removing_positives():
     # ranking without the positive (index 1): 0, 2, 3, 4, 5, 6; skip 2, keep 3
-    assert select_negatives(SCORES, {1}, method="b3", top_k=3, skip_top=2) == [3, 4, 5]
-    assert select_negatives(SCORES, {1}, method="b3", top_k=2, skip_top=0) == [0, 2]
-    assert select_negatives(SCORES, {1}, method="b3", top_k=3, skip_top=5) == [6]
+    assert select_negatives(SCORES, {1}, method="skip_top", top_k=3, skip_top=2) == [3, 4, 5]
+    assert select_negatives(SCORES, {1}, method="skip_top", top_k=2, skip_top=0) == [0, 2]
+    assert select_negatives(SCORES, {1}, method="skip_top", top_k=3, skip_top=5) == [6]
 
 
 def test_threshold_keeps_only_candidates_below_the_positive_plus_margin():
@@ -101,7 +101,7 @@ def test_f1_mining_keeps_negatives_below_the_dataset_threshold(pairs_dir, tiny_d
         assert all(s < report.threshold for s in pair.meta["mined"]["scores"])
 
 
-@pytest.mark.parametrize("method", ["b3", "threshold"])
+@pytest.mark.parametrize("method", ["skip_top", "threshold"])
 def test_mining_rewrites_pair_files_with_hard_negatives(method, pairs_dir, tiny_dirs, tmp_path):
     cfg = load_config(None, [f"model.path={tiny_dirs['qwen2_vl']}", f"data.train=[{pairs_dir}]",
                              f"mine.method={method}", "mine.top_k=2", "mine.skip_top=1", "mine.margin=0.5"])

@@ -31,7 +31,7 @@ TASK_GROUPS = ("image_classification", "image_qa", "image_retrieval", "image_gro
 #: Modalities in their canonical order; ``Side.flags`` follows it.
 MODALITIES = ("text", "image", "video", "page")
 
-_SIDE_KEYS = {"instruction", "text", "images", "video", "page", "modality"}
+_SIDE_KEYS = {"instruction", "text", "images", "video", "page", "modality", "reasoning"}
 _PAIR_KEYS = {"id", "dataset", "task", "query", "positives", "negatives", "meta", "teacher_scores"}
 
 
@@ -48,6 +48,7 @@ class Side:
     video: VideoRef | None = None
     page: PageRef | None = None
     instruction: str | None = None
+    reasoning: str | None = None  # embedding-centric reasoning (ECR) rendered after the text
 
     @property
     def flags(self) -> tuple[bool, bool, bool, bool]:
@@ -80,7 +81,7 @@ class Side:
         if self.page is not None:
             page = PageRef(_resolve(self.page.path, root), self.page.page)
         return Item(text=self.text, images=[_resolve(p, root) for p in self.images], video=video, page=page,
-                    instruction=self.instruction, name=name)
+                    instruction=self.instruction, name=name, reasoning=self.reasoning)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -97,6 +98,8 @@ class Side:
         if self.page is not None:
             out["page"] = {"path": str(self.page.path), "page": self.page.page}
         out["modality"] = self.modality
+        if self.reasoning is not None:
+            out["reasoning"] = self.reasoning
         return out
 
     @classmethod
@@ -109,7 +112,8 @@ class Side:
         side = cls(text=_opt_str(data.get("text"), f"{where}.text"),
                    instruction=_opt_str(data.get("instruction"), f"{where}.instruction"),
                    images=_images(data.get("images"), where), video=_video(data.get("video"), where),
-                   page=_page(data.get("page"), where))
+                   page=_page(data.get("page"), where),
+                   reasoning=_opt_str(data.get("reasoning"), f"{where}.reasoning"))
         if not side.modality:
             raise SchemaError(f"{where}: empty: no text, image, video or page")
         declared = data.get("modality")

@@ -45,7 +45,9 @@ def evaluate(cfg: OmniretConfig, datasets: list[EvalDataset], *, embedder=None, 
     """Score ``datasets``; ``embedder`` (optional) is reused for the in-process path. With
     ``eval.rerank_top_k``, the reranker (``reranker``, or ``rerank.model``) also reranks each query's top k."""
     from omniret.models.backbone import checkpoint_path
+    from omniret.reasoning.attach import attach_to_datasets
 
+    attach_to_datasets(cfg, datasets)  # TTE_t: ECR after the input (model.reasoning)
     path = "ray" if embedder is None and use_ray(cfg, datasets) else "in-process"
     if path == "ray":
         from omniret.eval.ray_eval import embed_with_ray

@@ -19,9 +19,10 @@ from omniret.errors import MediaError
 from omniret.items import Item, as_item
 from omniret.models.backbone import Backbone, forward_hidden, load_backbone, model_tag
 from omniret.models.batching import plan_batches
-from omniret.models.encoding import Encoded, InputEncoder
+from omniret.models.encoding import Encoded
 from omniret.models.pooling import matryoshka, normalize, pool
 from omniret.models.prompts import get_template
+from omniret.models.reasoned import ReasoningEncoder
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ class Embedder:
         self.model_id = model_id or backbone.path.name
         self.embed_cfg = embed or EmbedConfig()
         self.template = get_template(template)
-        self.encoder = InputEncoder(backbone.tokenizer, backbone.family, backbone.spec, media or MediaConfig(),
-                                    self.template, max_length)
+        self.encoder = ReasoningEncoder(backbone.tokenizer, backbone.family, backbone.spec, media or MediaConfig(),
+                                        self.template, max_length)
         self.network = EmbeddingModel(backbone.model, backbone.pooling)
 
     @classmethod

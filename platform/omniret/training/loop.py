@@ -50,6 +50,7 @@ from omniret.losses.temperature import LearnableTemperature
 from omniret.models.backbone import Backbone, checkpoint_path, load_backbone, unwrap
 from omniret.models.embedder import Embedder, EmbeddingModel
 from omniret.models.pooling import save_pooling
+from omniret.reasoning.attach import attach_to_pairs
 from omniret.training import checkpoint as ckpt
 from omniret.training.context import checkpoint_name
 from omniret.training.gradcache import GradCache, average_gradients
@@ -263,11 +264,17 @@ class TrainWorker:
         if self.device.type == "cpu":
             torch.set_num_threads(t.torch_threads or max(1, int(t.cpus_per_worker)))
         mixture, read = load_mixture(self.cfg.data)
+        attach_to_pairs(self.cfg, read.pairs)  # TTE_t: ECR after the input (model.reasoning)
         if read.problems and self.rank == 0:
             record_event(self.run_dir, "skipped_rows", count=len(read.problems),
                          first=[str(p) for p in read.problems[:10]])
+        communities = None
+        if t.batching == "b3":
+            from omniret.training.b3 import communities_path, load_communities
+
+            communities = load_communities(communities_path(self.cfg), mixture.groups)
         self.sampler = BatchSampler(mixture, t.batch_size, seed=t.seed, homogeneous=t.homogeneous,
-                                    steps_per_epoch=t.steps_per_epoch)
+                                    steps_per_epoch=t.steps_per_epoch, communities=communities)
         self.total_steps = t.max_steps or t.epochs * self.sampler.steps_per_epoch
         self.total_epochs = math.ceil(self.total_steps / self.sampler.steps_per_epoch)
         with self.ctx.checkpoint() as resume:

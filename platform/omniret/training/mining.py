@@ -3,8 +3,8 @@
 For every dataset of ``data.train`` the candidate pool is every distinct document of its pairs
 (positives and existing negatives). Each query ranks the pool; its own positives are removed, then
 
-- ``mine.method=b3`` (B3, METHODS §11.2): skip the first ``skip_top`` ranks (likely false
-  negatives) and keep the next ``top_k``; classification sets skip nothing (only the gold label is
+- ``mine.method=skip_top`` (B3's per-query rule, METHODS §11.2): skip the first ``skip_top`` ranks
+  (likely false negatives) and keep the next ``top_k``; classification sets skip nothing (only the gold label is
   filtered, as B3 does);
 - ``mine.method=threshold`` (Qwen3-VL, METHODS §8.2): keep the ``top_k`` best candidates scoring
   below the mean positive score + ``margin``; anything above is a likely false negative;
@@ -77,7 +77,7 @@ def select_negatives(scores: np.ndarray, positives: set[int], *, method: str, to
     ``limit``: the dataset's lambda* (``method="f1"``): candidates must score below it.
     """
     order = [int(j) for j in np.argsort(-scores, kind="stable") if int(j) not in positives]
-    if method == "b3":
+    if method == "skip_top":
         return order[skip_top:skip_top + top_k]
     if method == "threshold":
         limit = float(np.mean([scores[j] for j in positives])) + margin if positives else np.inf
@@ -86,7 +86,7 @@ def select_negatives(scores: np.ndarray, positives: set[int], *, method: str, to
         if limit is None:
             raise ValueError("method f1 needs the dataset's threshold (limit)")
         return [j for j in order if scores[j] < limit][:top_k]
-    raise ValueError(f"unknown mining method {method!r}; choose b3, threshold or f1")
+    raise ValueError(f"unknown mining method {method!r}; choose skip_top, threshold or f1")
 
 
 def f1_threshold(positive_scores: np.ndarray, negative_scores: np.ndarray) -> tuple[float, float]:
@@ -232,6 +232,9 @@ def mine(cfg: OmniretConfig, out: str | Path | None = None) -> MineResult:
     read = read_sources(cfg.data.train, root=cfg.data.root)
     if not read.pairs:
         raise FileNotFoundError(f"no training pairs could be read from {cfg.data.train}")
+    from omniret.reasoning.attach import attach_to_pairs
+
+    attach_to_pairs(cfg, read.pairs)  # a TTE_t model ranks items with their ECR (model.reasoning)
     embedder = None
     if not cfg.mine.ray:
         from omniret.models.embedder import Embedder

@@ -111,6 +111,10 @@ def run_stages(stages: list[OmniretConfig], *, local: bool = False) -> list[Trai
             from omniret.training.teacher_scores import score_for_stage
 
             cfg = score_for_stage(cfg)
+        if cfg.train.batching == "b3":
+            from omniret.training.b3 import prepare_stage
+
+            prepare_stage(cfg)
         results.append(fit(cfg, local=local))
         if cfg.train.objective == "rerank":
             reranker_run = results[-1].run_dir

@@ -79,6 +79,8 @@ class BatchSampler:
     homogeneous: bool = True
     steps_per_epoch: int | None = None
     state: SamplerState = field(default_factory=SamplerState)
+    # B3 (training/b3.py): per group, communities as positions within the group; batches take whole ones
+    communities: Mapping[str, list[list[int]]] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -182,7 +184,7 @@ class BatchSampler:
     # ---- internals ---------------------------------------------------------------------------
     def _build_plan(self, epoch: int, phases: list[tuple[int, Mapping[str, float]]]) -> list[Batch]:
         rng = random.Random(f"{self.seed}/plan/{epoch}")
-        streams = {g: _Stream(self.members[g], f"{self.seed}/{epoch}/{g}") for g in self.groups}
+        streams = {g: self._stream(g, f"{self.seed}/{epoch}/{g}") for g in self.groups}
         starts = {start: probabilities for start, probabilities in phases}
         plan = []
         for position in range(self.steps_per_epoch):
@@ -200,6 +202,16 @@ class BatchSampler:
                 indices, label = [streams[g].take(1)[0] for g in rows], "mixed"
             plan.append(Batch(indices, label, epoch, position))
         return plan
+
+    def _stream(self, group: str, key: str):
+        if self.communities is None:
+            return _Stream(self.members[group], key)
+        if not self.homogeneous:
+            raise ValueError("B3 batches need homogeneous batches (communities are built per group)")
+        from omniret.training.b3 import CommunityStream
+
+        members = self.members[group]
+        return CommunityStream([[members[i] for i in c] for c in self.communities[group]], key)
 
 
 class _Stream:

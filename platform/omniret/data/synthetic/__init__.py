@@ -21,6 +21,7 @@ from omniret.data.synthetic import doc_tasks, image_tasks, video_tasks
 from omniret.data.synthetic.common import Ctx, MediaWriter, TaskSpec
 from omniret.data.synthetic.layout import write_eval, write_train
 from omniret.data.synthetic.scenes import SceneMaker, split_combos
+from omniret.data.synthetic.teacher import write_notes
 
 TASKS: tuple[TaskSpec, ...] = (
     TaskSpec("syn_cls_shape", "image_classification", "I-CLS", "local", image_tasks.classification("shape"),
@@ -62,6 +63,7 @@ def generate_benchmark(out: str | Path, settings: SyntheticConfig | None = None)
                                "train_dir": str(out / "train"), "eval_dir": str(out / "eval")}
     manifest: dict[str, Any] = {"format": "omniret-benchmark/1", "settings": settings.model_dump(),
                                 "held_out": summary["held_out"], "datasets": []}
+    notes: dict[str, dict[str, Any]] = {"train": {}, "eval": {}}  # what each media file shows (teacher.py)
     for spec in specs:
         for split in ("train", "eval"):
             root = out / split
@@ -74,6 +76,7 @@ def generate_benchmark(out: str | Path, settings: SyntheticConfig | None = None)
                       negatives, settings.video_size, settings.video_frames, settings.pages_per_doc)
             count = settings.train_per_task if split == "train" else settings.eval_queries
             examples = spec.build(ctx, count)
+            notes[split].update(ctx.media.notes)
             if split == "train":
                 summary["train"][spec.name] = write_train(root, spec, examples, settings.train_negatives)
                 continue
@@ -83,6 +86,8 @@ def generate_benchmark(out: str | Path, settings: SyntheticConfig | None = None)
                                          "layout": spec.layout, "path": rel,
                                          "query_instruction": spec.query_instruction,
                                          "candidate_instruction": spec.candidate_instruction})
+    for split, split_notes in notes.items():
+        write_notes(out / split, split_notes)
     (out / "eval" / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return summary
 

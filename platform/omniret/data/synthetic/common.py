@@ -36,6 +36,7 @@ class MediaWriter:
         (root / self.folder).mkdir(parents=True, exist_ok=True)
         self.count = 0
         self.known: dict[str, str] = {}
+        self.notes: dict[str, Any] = {}  # rel path -> what the file shows (teacher traces, teacher.py)
 
     def _name(self, suffix: str, key: str | None) -> tuple[str, bool]:
         if key is not None and key in self.known:
@@ -46,16 +47,20 @@ class MediaWriter:
             self.known[key] = rel
         return rel, True
 
-    def image(self, picture: Image.Image, key: str | None = None) -> str:
+    def image(self, picture: Image.Image, key: str | None = None, note: Any = None) -> str:
         rel, new = self._name(".png", key)
         if new:
             picture.save(self.root / rel, format="PNG")
+        if note is not None:
+            self.notes[rel] = note
         return rel
 
-    def file(self, suffix: str, write: Callable[[Path], Any], key: str | None = None) -> str:
+    def file(self, suffix: str, write: Callable[[Path], Any], key: str | None = None, note: Any = None) -> str:
         rel, new = self._name(suffix, key)
         if new:
             write(self.root / rel)
+        if note is not None:
+            self.notes[rel] = note
         return rel
 
 

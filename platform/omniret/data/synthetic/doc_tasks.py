@@ -56,7 +56,7 @@ def document_retrieval(ctx: Ctx, n: int) -> list[Example]:
         chunk = entities[start:start + per_doc]
         texts = [_overview(chunk)] + [_page_text(_product(c, s), site, facts[(c, s, site)]) for c, s, site in chunk]
         pdf = ctx.media.file(".pdf", lambda path, texts=texts, number=number: write_pdf(
-            path, texts, title=f"Stock report {number}"))
+            path, texts, title=f"Stock report {number}"), note=texts)
         sides = [Side(page=PageRef(pdf, i), instruction=PAGE_INSTRUCTION) for i in range(len(texts))]
         for entity, index in zip(chunk, range(1, len(texts)), strict=True):
             page_of[entity] = len(ctx.pool) + index

@@ -23,6 +23,7 @@ from omniret.data.synthetic.scenes import (
     crop_cell,
     describe_count,
 )
+from omniret.data.synthetic.teacher import describe_scene
 from omniret.media.synth import SHAPES
 
 CLS_INSTRUCTIONS = {
@@ -49,7 +50,8 @@ class Shown:
         picture = self.ctx.scenes.render(scene)
         if crop_of is not None:
             picture = crop_cell(picture, crop_of)
-        return Side(images=[self.ctx.media.image(picture)], instruction=instruction)
+        note = describe_scene(scene, crop_of)  # what a teacher sees in the picture (teacher.py)
+        return Side(images=[self.ctx.media.image(picture, note=note)], instruction=instruction)
 
     def maker(self, scene: Scene, crop_of: tuple[int, int] | None = None) -> Callable[[], Side]:
         return lambda: self.image(scene, crop_of)

@@ -41,7 +41,7 @@ def video_side(ctx: Ctx, clip: Clip) -> Side:
         write_moving_video(path, shape=shape, color=color, direction=direction, num_frames=ctx.video_frames,
                            size=(ctx.video_size, ctx.video_size), fps=8, shape_size=size, offset=offset)
 
-    rel = ctx.media.file(".mp4", write, key=repr(clip))
+    rel = ctx.media.file(".mp4", write, key=repr(clip), note=caption(clip))
     return Side(video=VideoRef(rel), instruction=VIDEO_INSTRUCTION)
 
 
