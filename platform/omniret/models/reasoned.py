@@ -11,14 +11,15 @@ how the ECR is joined to the input; a newline is our choice (``REASONING_SEPARAT
 from __future__ import annotations
 
 from omniret.items import Item
-from omniret.models.encoding import InputEncoder, Visual, scrub
+from omniret.models.encoding import InputEncoder, Visual
 
 REASONING_SEPARATOR = "\n"
 
 
 def text_with_reasoning(text: str, reasoning: str | None) -> str:
-    """The user text followed by the (scrubbed) reasoning."""
-    reasoning = scrub(reasoning).strip() if reasoning else ""
+    """The user text followed by the reasoning (user text: the encoder tokenizes it with special-token
+    strings split as plain text, so a reasoning can never forge a control token)."""
+    reasoning = reasoning.strip() if reasoning else ""
     if not reasoning:
         return text
     return f"{text}{REASONING_SEPARATOR}{reasoning}" if text else reasoning
