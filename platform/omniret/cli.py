@@ -118,6 +118,12 @@ def cmd_ingest(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     return run(args, cfg)
 
 
+def cmd_search(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.search import run
+
+    return run(args, cfg, _items_from_args(args))
+
+
 def cmd_index(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     from omniret.index.store import IndexStore
 
@@ -244,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     from omniret.ingest.command import add_arguments as add_ingest_arguments
 
     add_ingest_arguments(p)
+    _add_config_args(p)
+
+    p = add("search", cmd_search, "search the index: a text, image, video or PDF-page query; vector or hybrid; "
+            "rerank; filters; a table or JSON")
+    from omniret.search import add_arguments as add_search_arguments
+
+    _add_item_args(p)
+    add_search_arguments(p)
     _add_config_args(p)
 
     p = add("index", cmd_index, "create missing indexes, build the vector index when due, optimize; print status")

@@ -51,7 +51,7 @@ def checkpoint_path(cfg: ModelConfig) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"model.path {path} is not a directory")
         return path
-    return ensure_tiny_model(cfg.tiny_dir, family=cfg.tiny_family, seed=cfg.seed)
+    return ensure_tiny_model(cfg.tiny_dir, family=cfg.tiny_family, seed=cfg.seed, size=cfg.tiny_preset)
 
 
 @dataclass
