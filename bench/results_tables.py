@@ -103,8 +103,9 @@ def replace_block(path: Path, name: str, body: str) -> bool:
                          re.S)
     if not pattern.search(text):
         return False
-    inline = "\n" not in body
-    new = pattern.sub(lambda m: m.group(1) + (body if inline else f"\n{body}\n") + m.group(3), text, count=1)
+    # A block on its own lines stays on its own lines; one inside a sentence stays inline.
+    new = pattern.sub(lambda m: m.group(1) + (f"\n{body}\n" if "\n" in m.group(2) else body) + m.group(3), text,
+                      count=1)
     path.write_text(new, encoding="utf-8")
     return True
 
