@@ -126,3 +126,5 @@ def test_ray_job_submit_runs_the_quickstart_recipe(ray_head, tiny_dirs, tmp_path
     assert resolved["model"]["path"] == str(stage1 / "final")  # stage 2 starts from stage 1's output
     assert resolved["data"]["train"] == [str(stage2 / "mined")] and (stage2 / "mined" / "syn_t2i.jsonl").is_file()
     assert f"quickstart-stage2: output {stage2 / 'final'}" in output
+    # Progress from the Train workers and the export reaches the submitter's output.
+    assert "step 2/2 epoch" in output and "embedded evaluation set" in output and "exported" in output
