@@ -58,7 +58,14 @@ def demo_model(workdir: Path) -> list[str]:
         print(f"generating the training benchmark in {bench} ...", flush=True)
         generate_benchmark(bench, stages[0].data.synthetic)
     print("training the demo model (first run only; --fast skips it) ...", flush=True)
-    results = run_stages(stages)
+    import ray
+
+    # Its own Ray session, with worker output shown: the training's progress lines come from the
+    # Ray Train worker. The demo's session that follows keeps worker logs (Serve's) out of the console.
+    try:
+        results = run_stages(stages)
+    finally:
+        ray.shutdown()
     return stage_model(results[-1].run_dir)
 
 
@@ -126,12 +133,12 @@ def run_demo(cfg: OmniretConfig, workdir: Path, fast: bool = False, ui_port: int
     started = time.perf_counter()
     workdir = Path(workdir).resolve()
     corpus = demo_corpus(workdir)
-    # More logical CPUs than cores: Serve replicas, ingest tasks and training share two real cores.
+    cfg = configure(cfg, workdir, fast)
+    print(f"model ready after {time.perf_counter() - started:.0f} s", flush=True)
+    # More logical CPUs than cores: Serve replicas and ingest tasks share two real cores.
     ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False,
              log_to_driver=False)
     try:
-        cfg = configure(cfg, workdir, fast)
-        print(f"model ready after {time.perf_counter() - started:.0f} s", flush=True)
         summary = run_ingest(cfg, corpus)
         print(summary.format(), flush=True)
         url = run_local(cfg, blocking=False)
