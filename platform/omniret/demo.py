@@ -66,7 +66,8 @@ def demo_model(workdir: Path) -> list[str]:
         results = run_stages(stages)
     finally:
         ray.shutdown()
-    return stage_model(results[-1].run_dir)
+    # Ingest and search at the pixel budget the model was trained at (PDF pages at 64 visual tokens).
+    return [*stage_model(results[-1].run_dir), f"media.max_pixels={stages[-1].media.max_pixels}"]
 
 
 def configure(cfg: OmniretConfig, workdir: Path, fast: bool) -> OmniretConfig:
