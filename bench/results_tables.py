@@ -68,7 +68,7 @@ def describe(stage: OmniretConfig) -> str:
     steps = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epochs"
     parts = [steps, "instructions" if t.instructions else "no instructions"]
     if t.negatives:
-        parts.append(f"{t.negatives} hard negatives" + (" (mined)" if stage.mine.before_training else ""))
+        parts.append(f"{t.negatives} {'mined ' if stage.mine.before_training else ''}hard negatives")
     return f"{t.name} ({', '.join(parts)})"
 
 
