@@ -54,6 +54,12 @@ def demo_model(workdir: Path) -> list[str]:
     stages = load_stages([DEMO_RECIPE], [f"data.train=[{bench / 'train'}]", f"eval.root={bench / 'eval'}",
                                          f"train.output_dir={workdir / 'runs'}",
                                          f"model.tiny_dir={workdir / 'models' / 'demo'}"])
+    # Ingest and search at the pixel budget the model was trained at (PDF pages at 64 visual tokens).
+    pixels = f"media.max_pixels={stages[-1].media.max_pixels}"
+    trained = Path(stages[-1].train.output_dir) / stages[-1].train.name
+    if (trained / "final").is_dir():
+        print(f"using the demo model trained before in {trained}", flush=True)
+        return [*stage_model(trained), pixels]
     if not (bench / "eval").is_dir():
         print(f"generating the training benchmark in {bench} ...", flush=True)
         generate_benchmark(bench, stages[0].data.synthetic)
@@ -66,8 +72,7 @@ def demo_model(workdir: Path) -> list[str]:
         results = run_stages(stages)
     finally:
         ray.shutdown()
-    # Ingest and search at the pixel budget the model was trained at (PDF pages at 64 visual tokens).
-    return [*stage_model(results[-1].run_dir), f"media.max_pixels={stages[-1].media.max_pixels}"]
+    return [*stage_model(results[-1].run_dir), pixels]
 
 
 def configure(cfg: OmniretConfig, workdir: Path, fast: bool) -> OmniretConfig:
