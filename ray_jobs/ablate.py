@@ -16,6 +16,9 @@ import logging
 import sys
 from pathlib import Path
 
+# The sources this script came with (a submitted job's working_dir) before any installed omniret.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+
 from omniret.errors import OmniretError
 
 

@@ -16,11 +16,14 @@ import copy
 import functools
 import os
 import re
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +34,15 @@ K8S_VERSION = "1.30"  # the oldest Kubernetes release the manifests are checked 
 KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "patches", "images"}
 TARGET_KEYS = {"group", "version", "kind", "name", "namespace"}
 IMAGE_KEYS = {"name", "newName", "newTag", "digest"}
+
+
+def kustomize_command() -> list[str] | None:
+    """``kustomize build`` or ``kubectl kustomize`` (PATH, or the kubectl the dev extras install next to
+    this Python), or None when neither is there."""
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    kubectl = shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    return [kubectl, "kustomize"] if kubectl else None
 
 
 class RenderError(ValueError):
@@ -194,8 +206,11 @@ def strict(schema: dict[str, Any]) -> dict[str, Any]:
 @functools.cache
 def _crds() -> dict[tuple[str, str, str], dict[str, Any]]:
     """(group, version, kind) -> strict openAPIV3Schema, from every CRD file in CRD_DIR."""
-    if not CRD_DIR.is_dir():
-        raise FileNotFoundError(f"KubeRay CRDs not found at {CRD_DIR} (set KUBERAY_CRDS)")
+    if not CRD_DIR.is_dir() or not any(CRD_DIR.glob("*.yaml")):
+        # Not part of this repository: the KubeRay CRD files (ray.io_rayservices.yaml, ...) of the
+        # KubeRay release the manifests target, next to the checkout or where KUBERAY_CRDS points.
+        pytest.skip(f"KubeRay CRDs missing: no CRD *.yaml files in {CRD_DIR} (put the KubeRay CRDs there, or set "
+                    "KUBERAY_CRDS to their folder)")
     schemas = {}
     for path in sorted(CRD_DIR.glob("*.yaml")):
         crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))

@@ -50,7 +50,7 @@ def cmd_demo(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     from omniret.demo import run_demo
 
     return run_demo(cfg, workdir=args.workdir, fast=args.fast, ui_port=args.ui_port,
-                    exit_after_start=args.exit_after_start)
+                    exit_after_start=args.exit_after_start, rerank=args.rerank)
 
 
 def cmd_build_tiny(args: argparse.Namespace, cfg: OmniretConfig) -> int:
@@ -169,6 +169,12 @@ def cmd_ingest(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     return run(args, cfg)
 
 
+def cmd_search(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.search import run
+
+    return run(args, cfg, _items_from_args(args))
+
+
 def cmd_index(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     from omniret.index.store import IndexStore
 
@@ -249,12 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("demo", cmd_demo, "generate a corpus, train the quickstart model if missing, ingest, serve the API "
-                              "and the Gradio app on 127.0.0.1 until Ctrl-C")
+    p = add("demo", cmd_demo, "generate a corpus, train the demo model if missing, ingest, check the demo's "
+                              "queries, serve the API and the Gradio app on 127.0.0.1 until Ctrl-C")
     p.add_argument("--workdir", type=Path, default=Path(".omniret/demo"))
     p.add_argument("--fast", action="store_true", help="skip training: use the untrained tiny model")
     p.add_argument("--ui-port", type=int, default=7860)
     p.add_argument("--exit-after-start", action="store_true", help="stop once everything answered (for tests)")
+    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
+                   help="also score the queries with the reranker (default: when a trained reranker is configured)")
     _add_config_args(p)
 
     p = add("build-tiny", cmd_build_tiny, "write a tiny random Qwen-VL checkpoint (offline)")
@@ -329,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     from omniret.ingest.command import add_arguments as add_ingest_arguments
 
     add_ingest_arguments(p)
+    _add_config_args(p)
+
+    p = add("search", cmd_search, "search the index: a text, image, video or PDF-page query; vector or hybrid; "
+            "rerank; filters; a table or JSON")
+    from omniret.search import add_arguments as add_search_arguments
+
+    _add_item_args(p)
+    add_search_arguments(p)
     _add_config_args(p)
 
     p = add("index", cmd_index, "create missing indexes, build the vector index when due, optimize; print status")

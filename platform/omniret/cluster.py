@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -14,7 +16,27 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()
+        ray.init(runtime_env=code_runtime_env())
         return
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     ray.init(address="local", num_cpus=num_cpus or usable, include_dashboard=False)
+
+
+def code_runtime_env() -> dict | None:
+    """A runtime env that ships the omniret package this driver imported to every worker of the job.
+
+    A submitted job's driver imports the sources it was submitted with (ray_jobs/*.py put the
+    working_dir's platform/ first on sys.path); its workers (Ray Train, Ray Data actors) get the same
+    package as ``py_modules``, so a cluster that has only the dependencies installed, or an older
+    omniret, runs exactly the submitted code. Left out when the job already sets ``py_modules``
+    (Ray refuses to merge the same field) or when OMNIRET_SHIP_CODE=0 (an image whose omniret is
+    meant to be used).
+    """
+    import omniret
+
+    if os.environ.get("OMNIRET_SHIP_CODE", "1") == "0":
+        return None
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+    if "py_modules" in job:
+        return None
+    return {"py_modules": [str(Path(omniret.__file__).resolve().parent)]}

@@ -32,6 +32,8 @@ class ModelConfig(Section):
     adapter: str | None = Field(None, description="PEFT adapter directory applied on top of `path`.")
     tiny_family: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = "qwen2_vl"
     tiny_dir: str = ".omniret/models/tiny"
+    tiny_preset: Literal["tiny", "mid", "small"] = Field(
+        "tiny", description="Sizes of the built model (omniret.models.tiny.PRESETS); give each its own tiny_dir.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on CUDA, float32 on CPU.")
     device: str = Field("auto", description="auto: cuda if available, else cpu.")

@@ -1,6 +1,10 @@
 """`ray job submit --working-dir . -- python ray_jobs/train.py --config ray_jobs/configs/quickstart.yaml`
 against a real `ray start --head` (own temp dir and ports, token auth off): both quickstart stages train,
-mine, evaluate and export, the second starting from the first one's output."""
+mine, evaluate and export, the second starting from the first one's output.
+
+The head runs in a Python that has the dependencies but no omniret (a venv whose site-packages path
+points at this environment's, without running its .pth files, so the editable install is not seen,
+and without PYTHONPATH): the job succeeds only on the code it was submitted with."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -39,16 +44,33 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def _python_without_omniret(folder: Path) -> Path:
+    """A venv that sees this environment's packages but not omniret; returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
+    site = next((folder / "lib").glob("python3*/site-packages"))
+    # A path line in a .pth file adds that folder to sys.path without processing the .pth files in it,
+    # so the editable install's own .pth (which points at the sources) is not run.
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return folder / "bin" / "python"
+
+
 @pytest.fixture
 def ray_head():
-    """A head node of our own: explicit ports, a short temp dir, stopped by its PID (never `ray stop`)."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0",
-           "PATH": f"{RAY.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    gcs, dashboard, client, node, objects, agent, agent_grpc, runtime_env, metrics = _free_ports(9)
+    """A head node of our own: explicit ports, a short temp dir, stopped by its PID (never `ray stop`),
+    in a Python without omniret."""
     temp = tempfile.mkdtemp(prefix="ort", dir="/tmp")  # unix socket paths must stay short
+    python = _python_without_omniret(Path(temp) / "venv")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0",
+                "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}"})  # the job's `python`
+    probe = subprocess.run([str(python), "-c", "import ray, torch, transformers, lancedb; import omniret"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert "No module named 'omniret'" in probe.stderr, probe.stderr[-2000:]  # dependencies yes, omniret no
+    gcs, dashboard, client, node, objects, agent, agent_grpc, runtime_env, metrics = _free_ports(9)
     log = open(Path(temp) / "head.log", "w")  # noqa: SIM115 - closed below
     head = subprocess.Popen(
-        [str(RAY), "start", "--head", "--block", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
+        [str(python), "-c", "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()",
+         "start", "--head", "--block", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
          "--dashboard-port", str(dashboard), "--ray-client-server-port", str(client), "--node-manager-port",
          str(node), "--object-manager-port", str(objects), "--dashboard-agent-listen-port", str(agent),
          "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env),
@@ -68,7 +90,8 @@ def ray_head():
             time.sleep(1)
         else:
             pytest.fail("the Ray dashboard did not come up")
-        yield address, env
+        # The client side (`ray job submit`) runs from this environment; only the cluster lacks omniret.
+        yield address, {**os.environ, "RAY_AUTH_MODE": "disabled"}
     finally:
         # Our head runs in its own process group (start_new_session): stop that group, nothing else.
         os.killpg(head.pid, signal.SIGTERM)
@@ -103,3 +126,5 @@ def test_ray_job_submit_runs_the_quickstart_recipe(ray_head, tiny_dirs, tmp_path
     assert resolved["model"]["path"] == str(stage1 / "final")  # stage 2 starts from stage 1's output
     assert resolved["data"]["train"] == [str(stage2 / "mined")] and (stage2 / "mined" / "syn_t2i.jsonl").is_file()
     assert f"quickstart-stage2: output {stage2 / 'final'}" in output
+    # Progress from the Train workers and the export reaches the submitter's output.
+    assert "step 2/2 epoch" in output and "embedded evaluation set" in output and "exported" in output

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import uvicorn
 from netutil import free_port
-from serving_fixtures import build_index
+from serving_fixtures import SCENES, build_index
 
 from omniret.index.store import IndexStore
 from omniret.models.embedder import Embedder
@@ -41,8 +41,18 @@ def _load_ui():
 
 
 @pytest.fixture(scope="module")
-def api_url(tmp_path_factory, make_config, backbones):
-    root = tmp_path_factory.mktemp("ui")
+def ui_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("ui")
+
+
+@pytest.fixture(scope="module")
+def ui_media(ui_root):
+    return ui_root / "media"
+
+
+@pytest.fixture(scope="module")
+def api_url(ui_root, make_config, backbones):
+    root = ui_root
     cfg = make_config("qwen2_vl", f"index.uri={root / 'db'}", "embed.progress=false", "index.read_consistency_s=0")
     embedder = Embedder(backbones["qwen2_vl"], cfg.media, cfg.embed, cfg.model.template)
     build_index(cfg, embedder, root / "media")
@@ -93,6 +103,23 @@ def test_search_from_the_browser_shows_a_gallery(api_url):
         images = page.locator("#results img").count()
     assert images >= 4
     assert "results" in status and "vector" in status
+
+
+def test_image_search_in_the_browser_puts_that_picture_first(api_url, ui_media):
+    """Upload an indexed picture as the query: the same picture (cosine 1) must be the first result."""
+    with browser_page(api_url) as page:
+        page.locator("input[type=file]").first.set_input_files(str(ui_media / "green_triangle.png"))
+        page.wait_for_function("[...document.querySelectorAll('img')].some(i => i.src.includes('green_triangle'))",
+                               timeout=60_000)  # the upload finished: the component shows the picture
+        page.locator("#search-button").click()
+        page.wait_for_function("document.querySelector('#search-status').innerText.includes('results')",
+                               timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('#results img').length >= 4", timeout=60_000)
+        captions = page.locator("#results").inner_text()
+    names = [line.split(" | ")[0] for line in captions.splitlines() if " | score " in line]
+    assert names[0] == "green_triangle.png" and "score 1.000" in captions.splitlines()[
+        [line.split(" | ")[0] for line in captions.splitlines()].index("green_triangle.png")]
+    assert sorted(names) == sorted({f"{c}_{s}.png" for s, c in SCENES})
 
 
 def test_errors_from_the_api_are_shown_in_the_page(api_url):

@@ -13,6 +13,7 @@ from omniret.data.readers import read_pairs
 from omniret.data.schema import TASK_GROUPS
 from omniret.data.synthetic import TASKS, demo_corpus, generate_benchmark
 from omniret.data.synthetic.scenes import split_combos
+from omniret.data.synthetic.video_tasks import OPPOSITE
 from omniret.eval.mmeb import load_datasets
 from omniret.media.video import probe_video
 
@@ -124,10 +125,32 @@ def test_eval_sets_follow_the_mmeb_protocols(bench):
 
 
 def test_demo_corpus(tmp_path):
-    files = demo_corpus(tmp_path / "demo")
+    from omniret.data.synthetic.demo import read_demo_queries
+
+    folder = tmp_path / "demo"
+    files = demo_corpus(folder)
     kinds = sorted(p.suffix for p in files)
-    assert kinds.count(".png") == 6 and kinds.count(".mp4") == 2 and kinds.count(".pdf") == 2
-    described = json.loads((tmp_path / "demo" / "corpus.json").read_text())
-    assert {d["path"] for d in described} == {str(p.relative_to(tmp_path / "demo")) for p in files}
-    assert probe_video(tmp_path / "demo" / "videos" / "blue_square_right.mp4").num_frames == 16
-    assert _digests(tmp_path / "demo") == _digests(Path(demo_corpus(tmp_path / "again")[0]).parents[1])
+    assert kinds.count(".png") == 38 and kinds.count(".mp4") == 12 and kinds.count(".pdf") == 4  # 66 items
+    manifest = json.loads((folder / "corpus.json").read_text())
+    corpus = {str(p.relative_to(folder)) for p in files}
+    assert {d["path"] for d in manifest["files"]} == corpus
+    queries = read_demo_queries(folder)
+    assert len(queries) == 48 and {q.kind for q in queries} == {
+        "colour+shape", "count", "position", "motion", "page text", "image", "page"}
+    assert all(q.expect in corpus for q in queries)
+    assert all((folder / (q.image or q.pdf)).is_file() and (q.image or q.pdf) not in corpus
+               for q in queries if q.kind in ("image", "page"))
+    # Distractors differ in one attribute: the reversed clip, the swapped relation, other counts.
+    for q in queries:
+        if q.kind == "motion":
+            twin = q.expect.rsplit("_", 1)[0] + "_" + OPPOSITE[q.expect.rsplit("_", 1)[1][:-4]] + ".mp4"
+            assert twin in corpus
+        if q.kind == "position":
+            assert q.expect.replace(".png", "_swapped.png") in corpus
+        if q.kind == "count":
+            combo = q.expect.split("_", 1)[1]
+            assert {f"images/{k}_{combo}" for k in (2, 3)} | {f"images/{combo}"} <= corpus
+    held = {f"images/{c}_{s}.png" for c, s in manifest["held_out"]}
+    assert held <= corpus and not held & {q.expect for q in queries}  # held-out combinations: distractors only
+    assert probe_video(folder / queries[[q.kind for q in queries].index("motion")].expect).num_frames == 8
+    assert _digests(folder) == _digests(Path(demo_corpus(tmp_path / "again")[0]).parents[1])

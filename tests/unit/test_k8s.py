@@ -16,7 +16,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from k8s_manifests import K8S, REPO, RenderError, apply_json6902, kustomizations, render, validate
+from k8s_manifests import (
+    K8S,
+    REPO,
+    RenderError,
+    apply_json6902,
+    kustomizations,
+    kustomize_command,
+    render,
+    validate,
+)
 
 from omniret.config import load_config
 from omniret.serving import k8s as serve_k8s
@@ -397,10 +406,10 @@ def test_renderer_refuses_what_it_cannot_render_faithfully(tmp_path, kustomizati
         render(tmp_path)
 
 
-@pytest.mark.skipif(not (shutil.which("kustomize") or shutil.which("kubectl")), reason="no kustomize or kubectl")
+@pytest.mark.skipif(kustomize_command() is None, reason="no kustomize or kubectl (pip install '.[dev]' brings kubectl)")
 @pytest.mark.parametrize("directory", DIRS)
 def test_renderer_agrees_with_kustomize(rendered, directory):
-    tool = ["kustomize", "build"] if shutil.which("kustomize") else ["kubectl", "kustomize"]
+    tool = kustomize_command()
     out = subprocess.run([*tool, str(K8S / directory)], capture_output=True, text=True, check=True, timeout=120)
     key = yaml.safe_dump
     assert sorted(map(key, yaml.safe_load_all(out.stdout))) == sorted(map(key, rendered[directory]))

@@ -60,3 +60,19 @@ def test_unknown_family_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ValueError, match="llama"):
         detect_family(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_presets_set_the_sizes_and_build(family, tmp_path):
+    from omniret.models.tiny import PRESETS, build_tokenizer, ensure_tiny_model, tiny_config
+
+    tokenizer = build_tokenizer()
+    for name, p in PRESETS.items():
+        config = tiny_config(family, tokenizer, name)
+        assert (config.text_config.hidden_size, config.text_config.num_hidden_layers) == (p.hidden, p.layers)
+        assert config.vision_config.depth == p.vision_depth
+    with pytest.raises(ValueError, match="unknown model preset 'huge'"):
+        tiny_config(family, tokenizer, "huge")
+    out = ensure_tiny_model(tmp_path / "mid", family=family, size="mid")
+    assert json.loads((out / "config.json").read_text())["text_config"]["hidden_size"] == 128
+    assert ensure_tiny_model(tmp_path / "mid", family=family, size="mid") == out  # reused: same marker

@@ -16,6 +16,7 @@ from omniret.eval.dataset import EvalDataset, score_dataset
 from omniret.eval.embedding import EmbeddedSet, embed_dataset
 from omniret.eval.mmeb import aggregate, load_datasets
 from omniret.eval.report import config_hash, frames_setting, write_report
+from omniret.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,11 @@ def evaluate(cfg: OmniretConfig, datasets: list[EvalDataset], *, embedder=None, 
             from omniret.models.embedder import Embedder
 
             embedder = Embedder.from_config(cfg)
-        embedded = {ds.name: embed_dataset(embedder, ds) for ds in datasets}
+        progress = Progress("embedded evaluation set", len(datasets), log)
+        embedded = {}
+        for ds in datasets:
+            embedded[ds.name] = embed_dataset(embedder, ds)
+            progress.step(ds.name)
     rows = [_score(cfg, ds, embedded[ds.name]) for ds in datasets]
     infos = {ds.name: ds.info for ds in datasets}
     model_path = checkpoint_path(cfg.model)

@@ -52,7 +52,7 @@ def checkpoint_path(cfg: ModelConfig) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"model.path {path} is not a directory")
         return path
-    return ensure_tiny_model(cfg.tiny_dir, family=cfg.tiny_family, seed=cfg.seed)
+    return ensure_tiny_model(cfg.tiny_dir, family=cfg.tiny_family, seed=cfg.seed, size=cfg.tiny_preset)
 
 
 def model_tag(cfg: ModelConfig, dimensions: int | None = None) -> str:

@@ -3,13 +3,16 @@
 The result is an ordinary HF checkpoint directory: config.json + model.safetensors, a byte-level
 BPE tokenizer with the Qwen special tokens and chat template, and preprocessor_config.json. Every
 other component loads it exactly as it loads a real Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint;
-only the sizes differ (hidden 64, 2 layers), so tests and the demo run in seconds on a CPU.
+only the sizes differ. Sizes come from :data:`PRESETS`: ``tiny`` (hidden 64, 2 layers: tests run in
+seconds on a CPU) and ``small`` (hidden 256, 4 layers, a 4-block vision tower: the demo's model,
+trained in minutes on a CPU).
 """
 
 from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -80,11 +83,38 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0) -> PreTrainedTokenize
     return fast
 
 
-def tiny_config(family: str, tokenizer: PreTrainedTokenizerFast, hidden: int = 64):
-    """A tiny config of the family whose special-token ids match ``tokenizer``."""
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of a built model: the language model and the vision tower."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vision_hidden: int
+    vision_depth: int
+    vision_heads: int
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(hidden=64, layers=2, heads=4, kv_heads=2, vision_hidden=32, vision_depth=2, vision_heads=2),
+    "mid": Preset(hidden=128, layers=4, heads=4, kv_heads=2, vision_hidden=64, vision_depth=2, vision_heads=2),
+    "small": Preset(hidden=256, layers=4, heads=4, kv_heads=2, vision_hidden=128, vision_depth=4, vision_heads=4),
+}
+
+
+def preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def tiny_config(family: str, tokenizer: PreTrainedTokenizerFast, size: str = "tiny"):
+    """A config of the family at preset ``size`` whose special-token ids match ``tokenizer``."""
     ids = {name: tokenizer.convert_tokens_to_ids(f"<|{name}|>")
            for name in ("image_pad", "video_pad", "vision_start", "vision_end", "endoftext", "im_end")}
-    heads, kv_heads, layers = 4, 2, 2
+    p = preset(size)
+    hidden, heads, kv_heads, layers = p.hidden, p.heads, p.kv_heads, p.layers
     head_dim = hidden // heads
     # mrope splits head_dim/2 rotary frequencies across (temporal, height, width).
     half = head_dim // 2
@@ -96,17 +126,19 @@ def tiny_config(family: str, tokenizer: PreTrainedTokenizerFast, hidden: int = 6
         eos_token_id=ids["im_end"], pad_token_id=ids["endoftext"],
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope},
     )
-    vision: dict = dict(depth=2, num_heads=2, in_channels=3, spatial_merge_size=2, temporal_patch_size=2)
+    vh, depth = p.vision_hidden, p.vision_depth
+    vision: dict = dict(depth=depth, num_heads=p.vision_heads, in_channels=3, spatial_merge_size=2,
+                        temporal_patch_size=2)
     if family == "qwen2_vl":
-        vision.update(embed_dim=32, hidden_size=hidden, mlp_ratio=2, patch_size=14)
+        vision.update(embed_dim=vh, hidden_size=hidden, mlp_ratio=2, patch_size=14)
     elif family == "qwen2_5_vl":
-        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=hidden, patch_size=14,
-                      window_size=56, fullatt_block_indexes=[1], tokens_per_second=2)
+        vision.update(hidden_size=vh, intermediate_size=2 * vh, out_hidden_size=hidden, patch_size=14,
+                      window_size=56, fullatt_block_indexes=[depth - 1], tokens_per_second=2)
     elif family == "qwen3_vl":
         text.update(head_dim=head_dim)
         text["rope_parameters"].update(mrope_interleaved=True, rope_theta=5_000_000.0)
-        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=hidden, patch_size=16,
-                      num_position_embeddings=64, deepstack_visual_indexes=[1])
+        vision.update(hidden_size=vh, intermediate_size=2 * vh, out_hidden_size=hidden, patch_size=16,
+                      num_position_embeddings=64, deepstack_visual_indexes=[depth - 1])
     else:
         raise ValueError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
     config_cls = FAMILIES[family].config_class()
@@ -117,20 +149,20 @@ def tiny_config(family: str, tokenizer: PreTrainedTokenizerFast, hidden: int = 6
     )
 
 
-def init_tiny_model(family: str = "qwen2_vl", seed: int = 0):
-    """The tiny model and its tokenizer in memory; the same seed gives the same weights."""
+def init_tiny_model(family: str = "qwen2_vl", seed: int = 0, size: str = "tiny"):
+    """The model of preset ``size`` and its tokenizer in memory; the same seed gives the same weights."""
     tokenizer = build_tokenizer(seed=seed)
-    config = tiny_config(family, tokenizer)
+    config = tiny_config(family, tokenizer, size)
     torch.manual_seed(seed)
     return FAMILIES[family].model_class()(config), tokenizer
 
 
 def build_tiny_model(out_dir: str | Path, family: str = "qwen2_vl", seed: int = 0,
-                     min_pixels: int = 4 * 28 * 28, max_pixels: int = 256 * 28 * 28) -> Path:
-    """Create and save a tiny random checkpoint; returns its directory."""
+                     min_pixels: int = 4 * 28 * 28, max_pixels: int = 256 * 28 * 28, size: str = "tiny") -> Path:
+    """Create and save a random checkpoint of preset ``size``; returns its directory."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = init_tiny_model(family, seed)
+    model, tokenizer = init_tiny_model(family, seed, size)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     patch = 16 if family == "qwen3_vl" else 14
@@ -139,16 +171,21 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2_vl", seed: int = 
     processor = FAMILIES[family].processor_name
     (out / "preprocessor_config.json").write_text(
         json.dumps(spec.to_json(min_pixels, max_pixels, processor), indent=2))
-    (out / "omniret_tiny.json").write_text(json.dumps({"family": family, "seed": seed}))
+    (out / "omniret_tiny.json").write_text(json.dumps(_marker(family, seed, size)))
     return out
 
 
-def ensure_tiny_model(out_dir: str | Path, family: str = "qwen2_vl", seed: int = 0) -> Path:
-    """Build the tiny model once; later calls reuse the directory if it matches family and seed."""
+def _marker(family: str, seed: int, size: str) -> dict:
+    # The tiny preset keeps its original marker, so folders built before presets existed are reused.
+    return {"family": family, "seed": seed} if size == "tiny" else {"family": family, "seed": seed, "size": size}
+
+
+def ensure_tiny_model(out_dir: str | Path, family: str = "qwen2_vl", seed: int = 0, size: str = "tiny") -> Path:
+    """Build the model once; later calls reuse the directory if it matches family, seed and preset."""
     out = Path(out_dir)
     marker = out / "omniret_tiny.json"
-    if marker.is_file() and json.loads(marker.read_text()) == {"family": family, "seed": seed}:
+    if marker.is_file() and json.loads(marker.read_text()) == _marker(family, seed, size):
         return out
-    return build_tiny_model(out, family=family, seed=seed)
+    return build_tiny_model(out, family=family, seed=seed, size=size)
 
 

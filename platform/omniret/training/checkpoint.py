@@ -27,6 +27,7 @@ import logging
 import pickle
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from torch import nn
 
 from omniret.models.adapters import SIDE_FILES
 from omniret.models.backbone import unwrap
+from omniret.progress import duration
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +165,9 @@ def export_final(checkpoint: str | Path, out: str | Path) -> Path:
 
     checkpoint, out = Path(checkpoint), Path(out)
     info = describe(checkpoint)
+    started = time.monotonic()
+    log.info("exporting %s to %s (%s) ...", checkpoint.name, out,
+             "loading the base model, merging the adapter, saving" if info["mode"] == "lora" else "copying")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if info["mode"] == "lora":
@@ -181,4 +186,5 @@ def export_final(checkpoint: str | Path, out: str | Path) -> Path:
                                              "from_checkpoint": str(checkpoint)}, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    log.info("exported %s in %s", out, duration(time.monotonic() - started))
     return out

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from omniret.progress import Pace, duration
+
 log = logging.getLogger(__name__)
 
 METRICS_CSV = "metrics.csv"
@@ -70,12 +72,19 @@ def read_events(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+_PACE = Pace(0)  # rank 0 of one run logs in a process at a time; a lower step starts a new estimate
+
+
 def console_line(row: dict[str, Any], total: int) -> str:
     """One progress line: a text progress bar, step, epoch, group, loss, temperature, negatives, throughput,
-    memory (worker logs reach the driver line by line, so the bar is redrawn as text, not in place)."""
+    memory and the time left (worker logs reach the driver line by line, so the bar is redrawn as text,
+    not in place)."""
+    _PACE.total = total
+    left = _PACE.update(row["step"], row.get("step_s"))
     done = int(20 * row["step"] / max(total, 1))
     # a reranker step reports yes-probabilities instead of a temperature and negatives
     middle = (f"p_yes pos {row['p_yes_pos']:.3f} neg {row.get('p_yes_neg', float('nan')):.3f} " if "p_yes_pos" in row
               else f"tau {row.get('temperature', float('nan')):.4f} negatives {row.get('num_negatives', 0):.1f} ")
     return (f"[{'#' * done}{'.' * (20 - done)}] step {row['step']}/{total} epoch {row['epoch']} [{row['group']}] loss {row['loss']:.4f} "
-            f"{middle}{row['pairs_per_s']:.1f} pairs/s lr {row['lr']:.2e} peak {row['peak_mem_mb']:.0f} MB")
+            f"{middle}{row['pairs_per_s']:.1f} pairs/s lr {row['lr']:.2e} peak {row['peak_mem_mb']:.0f} MB"
+            + (f" ETA {duration(left)}" if left is not None and row["step"] < total else ""))

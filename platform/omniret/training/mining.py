@@ -39,6 +39,7 @@ from omniret.config import OmniretConfig
 from omniret.data.mixing import CLASSIFICATION, group_by_dataset
 from omniret.data.readers import read_sources
 from omniret.data.schema import Pair, Side, write_pairs
+from omniret.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -242,13 +243,16 @@ def mine(cfg: OmniretConfig, out: str | Path | None = None) -> MineResult:
         embedder = Embedder.from_config(cfg)
         embedder.embed_cfg = embedder.embed_cfg.model_copy(update={"progress": False})
     result = MineResult(out, skipped_rows=read.skipped)
-    for name, pairs in sorted(group_by_dataset(read.pairs).items()):
+    datasets = sorted(group_by_dataset(read.pairs).items())
+    progress = Progress("mined dataset", len(datasets), log)
+    for name, pairs in datasets:
         mined, report = mine_dataset(cfg, name, pairs, embedder)
         write_pairs(out / f"{name}.jsonl", mined)
         result.datasets[name] = report
-        log.info("mined %s: %d of %d pairs, s(pos) %.3f, s(neg) %.3f%s", name, report.mined, report.pairs,
-                 report.positive_score, report.negative_score,
-                 "" if report.threshold is None else f", lambda* {report.threshold:.3f} (F1 {report.threshold_f1:.3f})")
+        progress.step(f"{name}, {report.mined} of {report.pairs} pairs, s(pos) {report.positive_score:.3f}, "
+                      f"s(neg) {report.negative_score:.3f}"
+                      + ("" if report.threshold is None
+                         else f", lambda* {report.threshold:.3f} (F1 {report.threshold_f1:.3f})"))
     # YAML, not JSON: the folder is read back as pair files, and readers take every .json file.
     (out / "mining.yaml").write_text(yaml.safe_dump(_summary(cfg, result), sort_keys=False))
     return result
