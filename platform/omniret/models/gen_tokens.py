@@ -72,7 +72,9 @@ def add_embedding_tokens(model, tokenizer, family: str | None = None,
     if not missing:
         return report
     old_rows = model.get_input_embeddings().weight.shape[0]
-    tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_additional_special_tokens=False)
+    # add_tokens(special_tokens=True): never split, and the same call on every transformers version (the
+    # special-token dict's key for extra tokens was renamed in transformers 5).
+    tokenizer.add_tokens(missing, special_tokens=True)
     if len(tokenizer) > old_rows:
         # mean_resizing=False: every new row is set below, so transformers' sampled init would be wasted work.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
