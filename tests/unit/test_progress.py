@@ -56,8 +56,10 @@ def test_progress_lines(clock, caplog):
 def test_training_line_has_the_eta(clock):
     row = {"step": 50, "epoch": 0, "group": "syn_t2i", "loss": 1.5, "temperature": 0.05, "num_negatives": 31.0,
            "pairs_per_s": 64.0, "lr": 1e-4, "peak_mem_mb": 900.0, "step_s": 0.5}
-    line = console_line(row, 200)
+    pace = Pace(200)  # each run has its own: the ETA never mixes runs of one process
+    line = console_line(row, 200, pace)
     assert line.startswith("[#####...............] step 50/200") and line.endswith("ETA 1 min 15 s")
     clock.now += 50.0
-    assert console_line({**row, "step": 100}, 200).endswith("ETA 1 min 40 s")  # 50 steps in 50 s, 100 left
-    assert "ETA" not in console_line({**row, "step": 200}, 200)
+    assert console_line({**row, "step": 100}, 200, pace).endswith("ETA 1 min 40 s")  # 50 steps in 50 s, 100 left
+    assert "ETA" not in console_line({**row, "step": 200}, 200, pace)
+    assert "ETA" not in console_line(row, 200)  # no pace, no estimate

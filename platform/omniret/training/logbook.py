@@ -72,15 +72,11 @@ def read_events(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-_PACE = Pace(0)  # rank 0 of one run logs in a process at a time; a lower step starts a new estimate
-
-
-def console_line(row: dict[str, Any], total: int) -> str:
+def console_line(row: dict[str, Any], total: int, pace: Pace | None = None) -> str:
     """One progress line: a text progress bar, step, epoch, group, loss, temperature, negatives, throughput,
-    memory and the time left (worker logs reach the driver line by line, so the bar is redrawn as text,
-    not in place)."""
-    _PACE.total = total
-    left = _PACE.update(row["step"], row.get("step_s"))
+    memory and, with the run's ``pace``, the time left (worker logs reach the driver line by line, so the
+    bar is redrawn as text, not in place)."""
+    left = pace.update(row["step"], row.get("step_s")) if pace is not None else None
     done = int(20 * row["step"] / max(total, 1))
     # a reranker step reports yes-probabilities instead of a temperature and negatives
     middle = (f"p_yes pos {row['p_yes_pos']:.3f} neg {row.get('p_yes_neg', float('nan')):.3f} " if "p_yes_pos" in row

@@ -50,6 +50,7 @@ from omniret.losses.temperature import LearnableTemperature
 from omniret.models.backbone import Backbone, checkpoint_path, load_backbone, unwrap
 from omniret.models.embedder import Embedder, EmbeddingModel
 from omniret.models.pooling import save_pooling
+from omniret.progress import Pace
 from omniret.reasoning.attach import attach_to_pairs
 from omniret.training import checkpoint as ckpt
 from omniret.training.context import checkpoint_name
@@ -502,6 +503,7 @@ class TrainWorker:
                          checkpoint=self.resumed_from, world_size=self.world, total_steps=self.total_steps,
                          pids=pids, sampler=self.sampler.state_dict())
         last: dict[str, Any] = {}
+        pace = Pace(self.total_steps)  # this run's ETA
         while self.step < self.total_steps:
             row = self.train_step()
             if row is None:
@@ -510,7 +512,7 @@ class TrainWorker:
             if self.rank == 0:
                 self.metrics_log.write(row)
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
-                    log.info("%s", console_line(row, self.total_steps))
+                    log.info("%s", console_line(row, self.total_steps, pace))
             if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < self.total_steps:
                 self.save_checkpoint(row)
             if t.eval_every and self.step % t.eval_every == 0 and self.step < self.total_steps:
