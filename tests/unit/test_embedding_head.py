@@ -130,6 +130,8 @@ def test_head_training_updates_only_the_head_and_round_trips_through_a_checkpoin
     exported = Embedder.from_config(load_config(None, [f"model.path={final}", "media.max_pixels=50176"]))
     assert exported.backbone.head is not None
     assert np.array_equal(exported.encode(items, progress=False), live)
+    with pytest.raises(ValueError, match="has an embedding head"):  # a backbone is not trained under a head
+        _worker(tiny_dirs, bench, tmp_path, "full-on-head", f"model.path={final}", "train.mode=full").setup()
 
     # Resuming continues the saved head, not a fresh copy of the backbone.
     again = _worker(tiny_dirs, bench, tmp_path, "head")

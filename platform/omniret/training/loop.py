@@ -334,6 +334,10 @@ class TrainWorker:
         if t.mode == "full" and resume is not None:
             model_cfg.path = str(resume)
         backbone = load_backbone(model_cfg)
+        if t.mode != "head" and backbone.head is not None:
+            # The backbone would train under a frozen head that its saved checkpoint does not carry.
+            raise ValueError(f"{backbone.path} has an embedding head: train.mode=head continues it; lora and full "
+                             "training start from a checkpoint without one")
         model = backbone.model
         from omniret.models import adapters
 
