@@ -30,6 +30,10 @@ class ModelConfig(Section):
         "None builds (once) and uses the tiny offline model under `tiny_dir`.")
     family: Family = Field("auto", description="Model family; auto reads config.json's model_type.")
     adapter: str | None = Field(None, description="PEFT adapter directory applied on top of `path`.")
+    head: str | None = Field(None, description="Folder of a TTE_u embedding head (omniret_head.json) used on "
+                             "top of `path`; None: the one saved in `path`, if any.")
+    head_layers: int = Field(8, ge=1, description="Backbone layers copied into a new TTE_u embedding head when "
+                             "training with train.mode=head (METHODS 7.2: 8).")
     tiny_family: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = "qwen2_vl"
     tiny_dir: str = ".omniret/models/tiny"
     tiny_preset: Literal["tiny", "mid", "small"] = Field(
@@ -329,8 +333,9 @@ class TrainConfig(Section):
     torch_threads: int | None = Field(None, ge=1, description="Torch CPU threads per worker (None: cpus_per_worker).")
     max_failures: int = Field(0, ge=-1, description="Worker failures to recover from (-1: always).")
     num_to_keep: int | None = Field(2, ge=1, description="Checkpoints kept (None: all).")
-    mode: Literal["lora", "full"] = Field(
-        "lora", description="lora: train adapters (pretrained backbones); full: every parameter (the tiny model).")
+    mode: Literal["lora", "full", "head"] = Field(
+        "lora", description="lora: train adapters (pretrained backbones); full: every parameter (the tiny model); "
+        "head: a TTE_u embedding head (model.head_layers) on a frozen backbone.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations (non-reentrant).")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU.")
     epochs: int = Field(1, ge=1)

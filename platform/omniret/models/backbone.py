@@ -18,6 +18,7 @@ from torch import nn
 
 from omniret.config import ModelConfig
 from omniret.models.families import Family, detect_family
+from omniret.models.head import EmbeddingHead, load_head, saved_head
 from omniret.models.pooling import saved_pooling
 from omniret.models.tiny import ensure_tiny_model
 from omniret.models.vision import VisionSpec
@@ -64,6 +65,8 @@ def model_tag(cfg: ModelConfig, dimensions: int | None = None) -> str:
     tag = checkpoint_path(cfg).name
     if cfg.adapter:
         tag += "+" + Path(cfg.adapter).name
+    if cfg.head:
+        tag += "+" + Path(cfg.head).name
     if dimensions:
         tag += f"@{dimensions}"
     return tag
@@ -81,6 +84,7 @@ class Backbone:
     device: torch.device
     dtype: torch.dtype
     pooling: str = "last"  # embedding read-out (omniret.models.pooling)
+    head: EmbeddingHead | None = None  # TTE_u embedding head (omniret.models.head), if the checkpoint has one
 
     @property
     def core(self) -> nn.Module:
@@ -150,8 +154,12 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
         model = load_adapter(model, cfg.adapter)
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    pooling = cfg.pooling if cfg.pooling != "auto" else saved_pooling(cfg.adapter, path) or "last"
-    return Backbone(model, tokenizer, family, VisionSpec.from_pretrained(path), path, device, dtype, pooling)
+    pooling = cfg.pooling if cfg.pooling != "auto" else saved_pooling(cfg.head, cfg.adapter, path) or "last"
+    if cfg.head and saved_head(cfg.head) is None:
+        raise FileNotFoundError(f"model.head {cfg.head} holds no embedding head (omniret_head.json)")
+    head_dir = saved_head(cfg.head, path)
+    head = load_head(head_dir, model).eval() if head_dir is not None else None
+    return Backbone(model, tokenizer, family, VisionSpec.from_pretrained(path), path, device, dtype, pooling, head)
 
 
 def _family(name: str) -> Family:

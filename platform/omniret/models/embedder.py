@@ -20,6 +20,7 @@ from omniret.items import Item, as_item
 from omniret.models.backbone import Backbone, forward_hidden, load_backbone, model_tag
 from omniret.models.batching import plan_batches
 from omniret.models.encoding import Encoded
+from omniret.models.head import EmbeddingHead
 from omniret.models.pooling import matryoshka, normalize, pool
 from omniret.models.prompts import get_template
 from omniret.models.reasoned import ReasoningEncoder
@@ -30,16 +31,18 @@ log = logging.getLogger(__name__)
 class EmbeddingModel(nn.Module):
     """``nn.Module`` view of the embedding computation, so DDP and GradCache can wrap and drive it.
 
-    forward(collated batch) -> (B, H) unit vectors: ``pooling`` (last token or mean) of the last hidden states.
+    forward(collated batch) -> (B, H) unit vectors: ``pooling`` (last token or mean) of the last hidden states,
+    those of the TTE_u embedding ``head`` when there is one (omniret.models.head).
     """
 
-    def __init__(self, model: nn.Module, pooling: str = "last"):
+    def __init__(self, model: nn.Module, pooling: str = "last", head: EmbeddingHead | None = None):
         super().__init__()
         self.model = model
         self.pooling = pooling
+        self.head = head
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = forward_hidden(self.model, batch)
+        hidden = self.head(self.model, batch) if self.head is not None else forward_hidden(self.model, batch)
         pooled = pool(hidden, batch["attention_mask"].to(hidden.device), self.pooling)
         return normalize(pooled.float())
 
@@ -54,7 +57,7 @@ class Embedder:
         self.template = get_template(template)
         self.encoder = ReasoningEncoder(backbone.tokenizer, backbone.family, backbone.spec, media or MediaConfig(),
                                         self.template, max_length)
-        self.network = EmbeddingModel(backbone.model, backbone.pooling)
+        self.network = EmbeddingModel(backbone.model, backbone.pooling, backbone.head)
 
     @classmethod
     def from_config(cls, cfg: OmniretConfig) -> Embedder:

@@ -6,6 +6,8 @@
   loaded with ``model.path=<folder>``;
 - LoRA training: a PEFT adapter (adapter_config.json, adapter_model.safetensors), loaded with
   ``model.path=<base> model.adapter=<folder>``; ``omniret_checkpoint.json`` names the base;
+- head training (TTE_u): the embedding head (omniret_head.safetensors, omniret_head.json), loaded with
+  ``model.path=<base> model.head=<folder>``;
 - ``training_state/``: state.json (step, sampler position and probabilities, metrics), the
   optimizer, scheduler and loss (learnable temperatures) states, and ``rng_rank<r>.pt`` with every
   rank's Python / NumPy / torch (and CUDA) generators. Each rank writes its own RNG file; Ray Train
@@ -17,7 +19,7 @@ untrusted place cannot run code. The generators' states are stored in that form 
 as an int64 tensor, the Python state as a list of ints).
 
 :func:`export_final` writes a stage's output for the next stage: the full model (LoRA merged in)
-with the adapter kept under ``adapter/`` for soups.
+with the adapter kept under ``adapter/`` for soups; for a head, the base checkpoint with the head beside it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from torch import nn
 
 from omniret.models.adapters import SIDE_FILES
 from omniret.models.backbone import unwrap
+from omniret.models.head import HEAD_CONFIG, HEAD_WEIGHTS, EmbeddingHead
+from omniret.models.pooling import POOLING_FILE
 from omniret.progress import duration
 
 log = logging.getLogger(__name__)
@@ -45,11 +49,17 @@ STATE_DIR = "training_state"
 INFO_FILE = "omniret_checkpoint.json"
 
 
-def save_model(folder: str | Path, model: nn.Module, mode: str, base_dir: str | Path) -> None:
-    """The trained weights in a loadable form: an HF checkpoint (full) or a PEFT adapter (lora)."""
+def save_model(folder: str | Path, model: nn.Module, mode: str, base_dir: str | Path,
+               head: EmbeddingHead | None = None) -> None:
+    """The trained weights in a loadable form: an HF checkpoint (full), a PEFT adapter (lora) or the
+    embedding head alone (head: the backbone is the unchanged base)."""
     folder, base_dir = Path(folder), Path(base_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    if mode == "lora":
+    if mode == "head":
+        if head is None:
+            raise ValueError("train.mode=head but the model has no embedding head")
+        head.save(folder)
+    elif mode == "lora":
         model.save_pretrained(str(folder), safe_serialization=True)
     else:
         unwrap(model).save_pretrained(folder, safe_serialization=True)
@@ -145,6 +155,8 @@ def load_overrides(folder: str | Path, section: str = "model") -> list[str]:
     info = describe(folder)
     if info["mode"] == "lora":
         return [f"{section}.path={info['base']}", f"{section}.adapter={folder}"]
+    if info["mode"] == "head":
+        return [f"{section}.path={info['base']}", f"{section}.head={folder}"]
     return [f"{section}.path={folder}"]
 
 
@@ -180,6 +192,11 @@ def export_final(checkpoint: str | Path, out: str | Path) -> Path:
         copy_side_files(checkpoint, tmp)  # the checkpoint's own records (pooling) before the base's
         copy_side_files(base, tmp)
         shutil.copytree(checkpoint, tmp / "adapter", ignore=shutil.ignore_patterns(STATE_DIR))
+    elif info["mode"] == "head":  # the unchanged base, with this head (and its pooling record) beside it
+        shutil.copytree(Path(info["base"]), tmp, ignore=shutil.ignore_patterns(STATE_DIR))
+        for name in (HEAD_WEIGHTS, HEAD_CONFIG, POOLING_FILE):
+            if (checkpoint / name).is_file():
+                shutil.copy2(checkpoint / name, tmp / name)
     else:
         shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns(STATE_DIR))
     (tmp / INFO_FILE).write_text(json.dumps({**info, "mode": "full", "trained_as": info["mode"],

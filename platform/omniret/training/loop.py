@@ -49,6 +49,7 @@ from omniret.losses import ContrastiveLoss, LossOutput, TaskTemperature, build_l
 from omniret.losses.temperature import LearnableTemperature
 from omniret.models.backbone import Backbone, checkpoint_path, load_backbone, unwrap
 from omniret.models.embedder import Embedder, EmbeddingModel
+from omniret.models.head import EmbeddingHead
 from omniret.models.pooling import save_pooling
 from omniret.progress import Pace
 from omniret.reasoning.attach import attach_to_pairs
@@ -183,7 +184,8 @@ class ContrastiveStep:
         self.embedder = Embedder(worker.backbone, cfg.media, cfg.embed.model_copy(update={"progress": False}),
                                  cfg.model.template, cfg.model.max_length)
         self.encoder = self.embedder.encoder
-        self.net = worker.ctx.prepare_model(EmbeddingModel(worker.model, worker.backbone.pooling))
+        self.net = worker.ctx.prepare_model(EmbeddingModel(worker.model, worker.backbone.pooling,
+                                                           worker.backbone.head))
         self.loss = build_training_loss(cfg, worker.total_steps).to(self.device)
         self.gradcache = GradCache(self.net, self.loss, self.encoder.collate, t.query_chunk_size,
                                    t.target_chunk_size, self.autocast)
@@ -305,18 +307,38 @@ class TrainWorker:
             ckpt.load_rng(resume, self.rank)
             self.last_checkpoint_step = self.step
             self.resumed_from = str(resume)
-        self.model.train()
+        self._set_training(True)
+
+    def _set_training(self, flag: bool) -> None:
+        """Train/eval mode of the model and of its embedding head (a module of its own)."""
+        self.model.train(flag)
+        if self.backbone.head is not None:
+            self.backbone.head.train(flag)
 
     def _load_model(self, resume: Path | None) -> tuple[Backbone, Path]:
         t, model_cfg = self.cfg.train, trained_model(self.cfg).model_copy()
         model_cfg.device = str(self.device)
-        if t.mode == "full" and model_cfg.dtype == "auto":
-            model_cfg.dtype = "float32"  # full training keeps fp32 master weights; bf16 only in autocast
+        if t.mode in ("full", "head") and model_cfg.dtype == "auto":
+            # full and head training keep fp32 master weights (the head is a copy of backbone layers,
+            # in the backbone's dtype); bf16 only in autocast
+            model_cfg.dtype = "float32"
+        if t.mode == "head":
+            if t.objective != "contrastive":
+                raise ValueError("train.mode=head trains an embedding head: it needs train.objective=contrastive")
+            if model_cfg.adapter:
+                raise ValueError("train.mode=head freezes a full checkpoint; export the adapter into one first "
+                                 "(a stage's final/ folder) and give it as model.path")
+            if resume is not None:
+                model_cfg.head = str(resume)  # the head trained so far (the backbone is unchanged)
         adapter, model_cfg.adapter = model_cfg.adapter, None
         base_dir = checkpoint_path(model_cfg).resolve()
         if t.mode == "full" and resume is not None:
             model_cfg.path = str(resume)
         backbone = load_backbone(model_cfg)
+        if t.mode != "head" and backbone.head is not None:
+            # The backbone would train under a frozen head that its saved checkpoint does not carry.
+            raise ValueError(f"{backbone.path} has an embedding head: train.mode=head continues it; lora and full "
+                             "training start from a checkpoint without one")
         model = backbone.model
         from omniret.models import adapters
 
@@ -325,6 +347,11 @@ class TrainWorker:
         if t.mode == "lora":
             model = (adapters.load_adapter(model, resume, trainable=True) if resume is not None
                      else adapters.attach_lora(model, self.cfg.lora))
+        elif t.mode == "head":  # TTE_u: the backbone is frozen, the head (saved one, or a new copy) trains
+            model.requires_grad_(False)
+            head = backbone.head or EmbeddingHead.from_backbone(model, model_cfg.head_layers)
+            head.requires_grad_(True)
+            backbone = dataclasses.replace(backbone, head=head.to(self.device))
         else:
             for param in model.parameters():
                 param.requires_grad_(True)
@@ -383,11 +410,11 @@ class TrainWorker:
 
     @contextlib.contextmanager
     def evaluating(self):
-        self.model.eval()
+        self._set_training(False)
         try:
             yield
         finally:
-            self.model.train()
+            self._set_training(True)
 
     def train_step(self) -> dict[str, Any] | None:
         """Draw, encode and train on one batch; returns the step's metrics (None when it was skipped)."""
@@ -441,7 +468,7 @@ class TrainWorker:
         with tempfile.TemporaryDirectory(prefix="omniret-ckpt-") as tmp:
             folder = Path(tmp)
             if self.rank == 0:
-                ckpt.save_model(folder, self.model, self.cfg.train.mode, self.base_dir)
+                ckpt.save_model(folder, self.model, self.cfg.train.mode, self.base_dir, self.backbone.head)
                 save_pooling(folder, self.backbone.pooling)  # the checkpoint embeds as it was trained
                 state = {"step": self.step, "total_steps": self.total_steps, "sampler": self.sampler.state_dict(),
                          "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))}}

@@ -85,6 +85,8 @@ def resolve(cfg: OmniretConfig) -> OmniretConfig:
     for model in (out.model, out.rerank.model):
         if model.adapter:
             model.adapter = str(Path(model.adapter).expanduser().resolve())
+        if model.head:
+            model.head = str(Path(model.head).expanduser().resolve())
     out.data.train = [str(Path(p).expanduser().resolve()) for p in out.data.train]
     if out.data.root:
         out.data.root = str(Path(out.data.root).expanduser().resolve())
