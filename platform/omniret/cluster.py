@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -19,7 +20,24 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(runtime_env=code_runtime_env())
         return
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    ray.init(address="local", num_cpus=num_cpus or usable, include_dashboard=False)
+    ray.init(address="local", num_cpus=num_cpus or usable, include_dashboard=False,
+             runtime_env={"worker_process_setup_hook": SETUP_HOOK})
+
+
+# Ray Train's placement-group cleaner (a detached actor) checks whether the training controller is
+# alive through the State API, which the dashboard serves. A local instance starts without a dashboard
+# (a process and a port it does not need), so each check fails and logs a warning, hundreds per run,
+# burying the training's progress lines. The cleaner only matters when a driver dies and leaves its
+# placement group behind on a long-lived cluster; a local instance ends with its driver.
+CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def quiet_placement_group_cleaner() -> None:
+    """Worker setup hook of a local Ray instance: the cleaner's State-API warnings are not shown."""
+    logging.getLogger(CLEANER_LOGGER).setLevel(logging.ERROR)
+
+
+SETUP_HOOK = f"{__name__}.{quiet_placement_group_cleaner.__name__}"
 
 
 def code_runtime_env() -> dict | None:

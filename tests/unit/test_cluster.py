@@ -25,3 +25,23 @@ def test_leaves_py_modules_of_the_job_and_can_be_turned_off(monkeypatch):
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
     monkeypatch.setenv("OMNIRET_SHIP_CODE", "0")
     assert code_runtime_env() is None
+
+
+def test_local_workers_hide_the_placement_group_cleaners_state_api_warnings():
+    """A local instance has no dashboard, so Ray Train's cleaner cannot reach the State API; its warnings
+    are raised to ERROR in every worker by the setup hook (the hook's import path must stay valid)."""
+    import importlib
+    import logging
+
+    from omniret.cluster import CLEANER_LOGGER, SETUP_HOOK, quiet_placement_group_cleaner
+
+    module, _, name = SETUP_HOOK.rpartition(".")
+    assert getattr(importlib.import_module(module), name) is quiet_placement_group_cleaner
+    cleaner = importlib.import_module(CLEANER_LOGGER)  # the logger is that module's own
+    assert cleaner.logger.name == CLEANER_LOGGER
+    level = logging.getLogger(CLEANER_LOGGER).level
+    try:
+        quiet_placement_group_cleaner()
+        assert not cleaner.logger.isEnabledFor(logging.WARNING) and cleaner.logger.isEnabledFor(logging.ERROR)
+    finally:
+        logging.getLogger(CLEANER_LOGGER).setLevel(level)
