@@ -131,6 +131,16 @@ def start_ray(cfg: OmniretConfig, address: str = "local") -> None:
     ensure_ray(cpus)
 
 
+def _deploy(cfg: OmniretConfig, url: str) -> None:
+    from ray import serve
+
+    # request_timeout_s: the HTTP proxy answers 408 instead of waiting forever on a stuck replica.
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port,
+                              "request_timeout_s": cfg.serve.request_timeout_s})
+    serve.run(build_app({"settings": cfg.model_dump()}), name=cfg.serve.app_name, route_prefix="/")
+    log.info("serving %s (OpenAPI docs at %s/docs)", url, url)
+
+
 def run_local(cfg: OmniretConfig, address: str = "local", blocking: bool = True) -> str:
     """Start (or join) Ray, run the application on serve.host:serve.port; returns the base URL."""
     import ray
@@ -138,21 +148,19 @@ def run_local(cfg: OmniretConfig, address: str = "local", blocking: bool = True)
 
     start_ray(cfg, address)
     check_fits(cfg, ray.cluster_resources())
-    # request_timeout_s: the HTTP proxy answers 408 instead of waiting forever on a stuck replica.
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port,
-                              "request_timeout_s": cfg.serve.request_timeout_s})
-    serve.run(build_app({"settings": cfg.model_dump()}), name=cfg.serve.app_name, route_prefix="/")
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
-    log.info("serving %s (OpenAPI docs at %s/docs)", url, url)
-    if blocking:
-        import time
+    if not blocking:
+        _deploy(cfg, url)
+        return url
+    import time
 
+    try:
+        _deploy(cfg, url)
         print(f"omniret API at {url}  (docs: {url}/docs); Ctrl-C stops", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            serve.shutdown()
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C, also while the deployments are still starting
+    finally:
+        serve.shutdown()
     return url
