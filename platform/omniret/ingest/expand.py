@@ -24,6 +24,7 @@ from omniret.index.schema import item_id, unit_key
 from omniret.ingest import rows
 from omniret.ingest.fetch import LocalFile, local_file
 from omniret.media.sniff import MediaKind
+from omniret.models.isolation import reason_of
 
 MAX_REASON = 500
 
@@ -123,12 +124,9 @@ def expand_file(src: LocalFile, units: list[Unit], existing: set[str], media: Me
         try:
             yield {**base, "status": rows.PENDING, "n": 1, **decode_unit(unit, src.path, media, src.uri,
                                                                        thumbnail_px)}
-        except MediaError as exc:
-            yield rows.failure(src.uri, "decode", _short(exc.reason), unit=unit.key, sha256=src.sha256,
+        except Exception as exc:  # bad media, a decoder bug or an exotic file: report it, keep going
+            yield rows.failure(src.uri, "decode", _short(reason_of(exc)), unit=unit.key, sha256=src.sha256,
                                item_id=uid)
-        except Exception as exc:  # a decoder bug or an exotic file: report it, keep going
-            yield rows.failure(src.uri, "decode", _short(f"{type(exc).__name__}: {exc}"), unit=unit.key,
-                               sha256=src.sha256, item_id=uid)
 
 
 def open_and_plan(uri: str, stack: ExitStack, media: MediaConfig
@@ -136,19 +134,15 @@ def open_and_plan(uri: str, stack: ExitStack, media: MediaConfig
     """Read, hash, classify and count the items of one file; a failure row if any step fails."""
     try:
         src = stack.enter_context(local_file(uri, max_bytes=media.max_file_bytes))
-    except MediaError as exc:
-        return rows.failure(uri, "read", _short(exc.reason))
     except Exception as exc:  # e.g. a storage client's own error type: this file fails, not the batch
-        return rows.failure(uri, "read", _short(f"{type(exc).__name__}: {exc}"))
+        return rows.failure(uri, "read", _short(reason_of(exc)))
     if src.kind is None:
         return rows.failure(uri, "classify", "unknown file type: its content is not an image, video or PDF",
                             sha256=src.sha256)
     try:
         return src, plan_units(src.kind, src.path, media, uri)
-    except MediaError as exc:
-        return rows.failure(uri, "probe", _short(exc.reason), sha256=src.sha256)
     except Exception as exc:
-        return rows.failure(uri, "probe", _short(f"{type(exc).__name__}: {exc}"), sha256=src.sha256)
+        return rows.failure(uri, "probe", _short(reason_of(exc)), sha256=src.sha256)
 
 
 def expand_files(batch: pa.Table, *, media: dict[str, Any], index: dict[str, Any], thumbnail_px: int,
