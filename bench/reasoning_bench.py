@@ -71,9 +71,9 @@ def commit() -> str:
     repo = Path(__file__).resolve().parents[1]
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+    dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "platform", "bench"],
                            capture_output=True, text=True).stdout.strip()
-    return f"{head}{' + uncommitted changes' if dirty else ''}"
+    return f"{head}{' + uncommitted code changes' if dirty else ''}"
 
 
 def main(argv: list[str] | None = None) -> None:
