@@ -164,21 +164,17 @@ def rerank_jobs(reranker, jobs: list[tuple[Item, list[Item], str | None, int]]) 
 class LocalBackend:
     """The model in this process; calls run in a worker thread so the event loop stays responsive."""
 
-    def __init__(self, embedder, reranker=None, batch_pixels: int | None = None, reasoner=None,
-                 reason_cfg=None):
-        from omniret.config import ReasonConfig
-
+    def __init__(self, embedder, reranker=None, batch_pixels: int | None = None, reasoner=None):
         self.embedder = embedder
         self.reranker = reranker
         self.reasoner = reasoner  # an omniret.reasoning.reasoner.Reasoner, or None
         self.model_id = embedder.model_id
         self.rerank_model_id = reranker.model_id if reranker is not None else None
-        self.reason_cfg = reason_cfg or (reasoner.cfg if reasoner is not None else ReasonConfig())
         self.reasoner_model_id = None
         if reasoner is not None:
             from omniret.reasoning.reasoner import reasoner_id
 
-            self.reasoner_model_id = reasoner_id(self.reason_cfg)
+            self.reasoner_model_id = reasoner_id(reasoner.cfg)
         self.dim = embedder.embed_cfg.dimensions or embedder.dim
         self.batch_pixels = batch_pixels
         self._lock = asyncio.Lock()  # one model call at a time, like one replica
@@ -200,7 +196,7 @@ class LocalBackend:
         if self.reasoner is None:
             raise RuntimeError("this backend has no reasoner")
         async with self._lock:
-            return (await asyncio.to_thread(reason_jobs, self.reasoner, serve_template(self.reason_cfg),
+            return (await asyncio.to_thread(reason_jobs, self.reasoner, serve_template(self.reasoner.cfg),
                                             [(items, cost)], self.batch_pixels))[0]
 
     async def health(self) -> dict[str, str]:

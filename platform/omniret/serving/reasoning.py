@@ -19,7 +19,7 @@ never saw in training. The reranker in ``/search`` scores the query without the 
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Literal
 
 from pydantic import Field
 
@@ -27,7 +27,7 @@ from omniret.config import ReasonConfig, ServeConfig
 from omniret.errors import MediaError
 from omniret.items import Item
 from omniret.reasoning.templates import ReasonTemplate, get_reason_template
-from omniret.serving.backend import Outcome, _first_name, turns
+from omniret.serving.backend import Backend, Outcome, _first_name, turns
 
 ReasoningMode = Literal["none", "provided", "generate"]
 
@@ -46,19 +46,13 @@ def reasoning_text_field(per_input: bool = True):
                  "serve.max_reasoning_chars characters each, tokenized as plain text.")
 
 
-class ReasoningBackend(Protocol):
-    reasoner_model_id: str | None  # None: no reasoner deployed
-
-    async def reason(self, items: list[Item], cost: int = 0): ...
-
-
 def check_reasoning(mode: str, texts: str | list[str] | None, count: int, cfg: ServeConfig,
-                    backend: ReasoningBackend, param: str = "reasoning_text") -> list[str] | None:
+                    backend: Backend, param: str = "reasoning_text") -> list[str] | None:
     """The provided ECR texts, one per input, or None; refuses a field that cannot be used, by name.
 
     Runs before any input is decoded: these checks cost nothing.
     """
-    from omniret.serving.api import InputError
+    from omniret.serving.api import InputError  # api imports this module for its fields
 
     if mode == "generate" and backend.reasoner_model_id is None:
         raise InputError("reasoning", "this service has no reasoner deployed (serve.reasoner_enabled); "
@@ -83,7 +77,7 @@ def check_reasoning(mode: str, texts: str | list[str] | None, count: int, cfg: S
     return texts
 
 
-async def attach_reasoning(mode: str, texts: list[str] | None, items: list[Item], backend: ReasoningBackend,
+async def attach_reasoning(mode: str, texts: list[str] | None, items: list[Item], backend: Backend,
                            cost: int = 0) -> list[dict] | None:
     """Set ``reasoning`` on ``items``; for ``generate``, returns what the reasoner wrote per item
     (``{"text", "truncated"}``: truncated when it hit ``reason.max_new_tokens`` before ``</think>``)."""

@@ -211,7 +211,7 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
     @app.get("/v1/models")
     async def models() -> dict:
         entries = [(backend.model_id, "embedding"), (backend.rerank_model_id, "rerank"),
-                   (getattr(backend, "reasoner_model_id", None), "reasoning")]
+                   (backend.reasoner_model_id, "reasoning")]
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "omniret", "task": task}
                                            for name, task in entries if name is not None]}
 
