@@ -298,6 +298,13 @@ class ServeConfig(Section):
     embedder: DeploymentConfig = DeploymentConfig()
     reranker: DeploymentConfig = DeploymentConfig(max_batch_size=8)
     ingress: DeploymentConfig = DeploymentConfig(num_cpus=0.5)
+    # Reasoning (Think-Then-Embed) on /v1/embeddings and /search.
+    reasoner_enabled: bool = Field(False, description="Deploy a reasoner (checkpoint and decoding: `reason.*`) "
+                                   "so that requests may ask for reasoning=generate.")
+    reasoner: DeploymentConfig = Field(DeploymentConfig(max_batch_size=8),
+                                       description="The reasoner deployment (only with reasoner_enabled).")
+    max_reasoning_chars: int = Field(8000, ge=1, description="Longest reasoning_text a request may send "
+                                     "(reasoning=provided).")
 
 
 class LossConfig(Section):

@@ -157,6 +157,34 @@ def test_hostile_requests_get_4xx_naming_the_field_and_the_service_keeps_serving
     _still_serving(service)
 
 
+# This service deploys no reasoner. (id, route, payload, status, the exact param the error names)
+LONG = "r" * 8001  # serve.max_reasoning_chars is 8000
+REASONING_CASES = [
+    ("unknown mode", "/v1/embeddings", {"input": "x", "reasoning": "think"}, 422, "reasoning"),
+    ("provided without text", "/v1/embeddings", {"input": "x", "reasoning": "provided"}, 400, "reasoning_text"),
+    ("one text for two inputs", "/v1/embeddings",
+     {"input": ["x", "y"], "reasoning": "provided", "reasoning_text": ["why"]}, 400, "reasoning_text"),
+    ("blank text", "/v1/embeddings", {"input": ["x"], "reasoning": "provided", "reasoning_text": [" \n"]}, 400,
+     "reasoning_text[0]"),
+    ("text too long", "/v1/embeddings", {"input": ["x", "y"], "reasoning": "provided", "reasoning_text": ["ok", LONG]},
+     413, "reasoning_text[1]"),
+    ("text without provided", "/v1/embeddings", {"input": "x", "reasoning_text": "why"}, 400, "reasoning_text"),
+    ("generate without a reasoner", "/v1/embeddings", {"input": "x", "reasoning": "generate"}, 400, "reasoning"),
+    ("search: generate without a reasoner", "/search", {"text": "x", "reasoning": "generate"}, 400, "reasoning"),
+    ("search: text too long", "/search", {"text": "x", "reasoning": "provided", "reasoning_text": LONG}, 413,
+     "reasoning_text"),
+]
+
+
+@pytest.mark.parametrize(("route", "payload", "status", "param"), [c[1:] for c in REASONING_CASES],
+                         ids=[c[0] for c in REASONING_CASES])
+def test_bad_reasoning_fields_get_4xx_naming_the_field(service, route, payload, status, param):
+    response = _post(service, route, json=payload)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param, response.text
+    assert response.json()["error"]["message"]
+
+
 def test_malformed_json_and_oversized_chunked_bodies(service):
     response = _post(service, "/v1/embeddings", content=b'{"input": ["a", ', headers={"content-type": "application/json"})
     assert response.status_code == 422 and response.json()["error"]["message"]

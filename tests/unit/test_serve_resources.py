@@ -24,3 +24,16 @@ def test_a_cluster_too_small_is_refused_naming_the_keys():
     check_fits(cfg, {"CPU": 2.5})
     with pytest.raises(ConfigError, match="GPUs"):
         check_fits(load_config(None, ["serve.embedder.num_gpus=1"]), {"CPU": 8.0})
+
+
+def test_the_reasoner_counts_only_when_deployed_and_is_named_when_it_does_not_fit():
+    cfg = load_config("ray_jobs/configs/serve.yaml", ["serve.reasoner.num_cpus=0.5"])
+    assert resource_demand(cfg)["serve_cpus"] == 2.5  # not deployed: not reserved
+    on = load_config("ray_jobs/configs/serve.yaml", ["serve.reasoner_enabled=true", "serve.reasoner.num_cpus=0.5",
+                                                     "serve.reasoner.num_gpus=1"])
+    assert resource_demand(on) == {"serve_cpus": 3.0, "serve_gpus": 1.0, "ingest_cpus": 2.0}
+    with pytest.raises(ConfigError, match=r"reserve 3 CPUs.*serve\.reasoner\.num_cpus=0\.5.*has 2\.5"):
+        check_fits(on, {"CPU": 2.5, "GPU": 1.0})
+    with pytest.raises(ConfigError, match=r"serve\.reasoner\.num_gpus"):
+        check_fits(on, {"CPU": 3.0})
+    check_fits(on, {"CPU": 3.0, "GPU": 1.0})

@@ -32,6 +32,7 @@ from omniret.config import MediaConfig, ServeConfig
 from omniret.errors import OmniretError
 from omniret.items import Item, PageRef, VideoRef
 from omniret.media.sniff import detect_kind
+from omniret.serving.reasoning import ReasoningMode, reasoning_field, reasoning_text_field
 
 
 class InputError(OmniretError):
@@ -102,6 +103,8 @@ class EmbeddingsRequest(Strict):
         "bit order (dimension 0 is the top bit of byte 0, the last byte zero-padded), base64.")
     instruction: str | None = Field(None, description="Applied to every input without its own.")
     user: str | None = None
+    reasoning: ReasoningMode = reasoning_field()
+    reasoning_text: str | list[str] | None = reasoning_text_field()
 
 
 class RerankRequest(Strict):
@@ -125,6 +128,8 @@ class SearchRequest(Strict):
     mode: Literal["vector", "hybrid"] = "vector"
     rerank: bool = False
     rerank_top_n: int | None = Field(None, ge=1)
+    reasoning: ReasoningMode = reasoning_field()
+    reasoning_text: str | None = reasoning_text_field(per_input=False)
 
 
 class IngestFile(Strict):

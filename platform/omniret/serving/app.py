@@ -57,7 +57,10 @@ def pin_paths(cfg: OmniretConfig) -> OmniretConfig:
         return value if "://" in value else str(Path(value).expanduser().resolve())
 
     data = cfg.model_dump()
-    for section, model in ((data, cfg.model), (data["rerank"], cfg.rerank.model)):  # embedder, reranker
+    models = [(data, cfg.model), (data["rerank"], cfg.rerank.model)]  # embedder, reranker
+    if cfg.serve.reasoner_enabled:
+        models.append((data["reason"], cfg.reason.model))
+    for section, model in models:
         if not model.path:
             section["model"]["path"] = str(checkpoint_path(model).resolve())
     data["index"]["uri"] = absolute(cfg.index.uri)
@@ -67,21 +70,32 @@ def pin_paths(cfg: OmniretConfig) -> OmniretConfig:
 
 
 def build_app(args: dict[str, Any]):
-    """The Serve application: SearchIngress over the Embedder and Reranker deployments."""
-    from omniret.serving.deployments import EmbedderDeployment, RerankerDeployment, SearchIngress
+    """The Serve application: SearchIngress over the Embedder and Reranker deployments, and the
+    Reasoner deployment when ``serve.reasoner_enabled``."""
+    from omniret.serving.deployments import (
+        EmbedderDeployment,
+        ReasonerDeployment,
+        RerankerDeployment,
+        SearchIngress,
+    )
 
     cfg = pin_paths(resolve_config(args))
     data = cfg.model_dump()
     serve_cfg = cfg.serve
     embedder = EmbedderDeployment.options(**serve_cfg.embedder.options()).bind(data)
     reranker = RerankerDeployment.options(**serve_cfg.reranker.options()).bind(data)
-    return SearchIngress.options(**serve_cfg.ingress.options(default_ongoing=256)).bind(embedder, reranker, data)
+    reasoner = (ReasonerDeployment.options(**serve_cfg.reasoner.options()).bind(data)
+                if serve_cfg.reasoner_enabled else None)
+    return SearchIngress.options(**serve_cfg.ingress.options(default_ongoing=256)).bind(embedder, reranker, data,
+                                                                                       reasoner)
 
 
 def resource_demand(cfg: OmniretConfig) -> dict[str, float]:
     """Logical CPUs and GPUs the deployments reserve (at their starting replica counts), and the CPUs
     one upload ingest reserves (a decode task and an embedding actor)."""
-    deployments = (cfg.serve.embedder, cfg.serve.reranker, cfg.serve.ingress)
+    deployments = [cfg.serve.embedder, cfg.serve.reranker, cfg.serve.ingress]
+    if cfg.serve.reasoner_enabled:
+        deployments.append(cfg.serve.reasoner)
 
     def replicas(d) -> int:
         return max(1, d.min_replicas) if d.num_replicas == "auto" else d.num_replicas
@@ -97,15 +111,18 @@ def check_fits(cfg: OmniretConfig, resources: dict[str, float]) -> None:
     demand = resource_demand(cfg)
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
     s = cfg.serve
+    reasoner = f", serve.reasoner.num_cpus={s.reasoner.num_cpus:g}" if s.reasoner_enabled else ""
     if demand["serve_cpus"] > cpus + 1e-9:
         raise ConfigError(
             f"the deployments reserve {demand['serve_cpus']:g} CPUs (serve.embedder.num_cpus={s.embedder.num_cpus:g}, "
-            f"serve.reranker.num_cpus={s.reranker.num_cpus:g}, serve.ingress.num_cpus={s.ingress.num_cpus:g}, times "
-            f"their replicas) but this Ray cluster has {cpus:g}; lower those keys or the replica counts, or "
-            "add CPUs to the cluster")
+            f"serve.reranker.num_cpus={s.reranker.num_cpus:g}, serve.ingress.num_cpus={s.ingress.num_cpus:g}"
+            f"{reasoner}, times their replicas) but this Ray cluster has {cpus:g}; lower those keys or the replica "
+            "counts, or add CPUs to the cluster")
     if demand["serve_gpus"] > gpus + 1e-9:
+        gpu_keys = "serve.embedder.num_gpus / serve.reranker.num_gpus" + (
+            " / serve.reasoner.num_gpus" if s.reasoner_enabled else "")
         raise ConfigError(f"the deployments reserve {demand['serve_gpus']:g} GPUs but this Ray cluster has "
-                          f"{gpus:g}; set serve.embedder.num_gpus / serve.reranker.num_gpus to fit")
+                          f"{gpus:g}; set {gpu_keys} to fit")
 
 
 def start_ray(cfg: OmniretConfig, address: str = "local") -> None:

@@ -36,12 +36,12 @@ class ServerError(OmniretError):
 
 @dataclass
 class Outcome:
-    """Vectors or scores for one request, or the error that stopped it.
+    """Vectors, scores or reasonings for one request, or the error that stopped it.
 
     ``status`` says whose fault an error is: 400 the request's input, 5xx the service.
     """
 
-    values: np.ndarray | None = None
+    values: np.ndarray | list | None = None
     error_source: str | None = None
     error_reason: str | None = None
     status: int = 200
@@ -57,7 +57,7 @@ class Outcome:
         log.error("model call failed for %s", source, exc_info=exc)
         return cls(None, source, "the model failed on this request; see the server log", 500)
 
-    def unwrap(self) -> np.ndarray:
+    def unwrap(self) -> Any:
         if self.values is not None:
             return self.values
         if self.status >= 500:
@@ -69,11 +69,14 @@ class Backend(Protocol):
     model_id: str  # the embedder's
     dim: int
     rerank_model_id: str | None  # the reranker's (its own checkpoint); None: no reranker
+    reasoner_model_id: str | None  # the reasoner's (omniret.reasoning.reasoner.reasoner_id); None: none deployed
 
     async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0) -> Outcome: ...
 
     async def rerank(self, query: Item, documents: list[Item], instruction: str | None,
                      cost: int = 0) -> Outcome: ...
+
+    async def reason(self, items: list[Item], cost: int = 0) -> Outcome: ...
 
 
 def turns(costs: list[int], budget: int) -> list[list[int]]:
@@ -161,11 +164,17 @@ def rerank_jobs(reranker, jobs: list[tuple[Item, list[Item], str | None, int]]) 
 class LocalBackend:
     """The model in this process; calls run in a worker thread so the event loop stays responsive."""
 
-    def __init__(self, embedder, reranker=None, batch_pixels: int | None = None):
+    def __init__(self, embedder, reranker=None, batch_pixels: int | None = None, reasoner=None):
         self.embedder = embedder
         self.reranker = reranker
+        self.reasoner = reasoner  # an omniret.reasoning.reasoner.Reasoner, or None
         self.model_id = embedder.model_id
         self.rerank_model_id = reranker.model_id if reranker is not None else None
+        self.reasoner_model_id = None
+        if reasoner is not None:
+            from omniret.reasoning.reasoner import reasoner_id
+
+            self.reasoner_model_id = reasoner_id(reasoner.cfg)
         self.dim = embedder.embed_cfg.dimensions or embedder.dim
         self.batch_pixels = batch_pixels
         self._lock = asyncio.Lock()  # one model call at a time, like one replica
@@ -181,21 +190,33 @@ class LocalBackend:
         async with self._lock:
             return (await asyncio.to_thread(rerank_jobs, self.reranker, [(query, documents, instruction, cost)]))[0]
 
+    async def reason(self, items: list[Item], cost: int = 0) -> Outcome:
+        from omniret.serving.reasoning import reason_jobs, serve_template
+
+        if self.reasoner is None:
+            raise RuntimeError("this backend has no reasoner")
+        async with self._lock:
+            return (await asyncio.to_thread(reason_jobs, self.reasoner, serve_template(self.reasoner.cfg),
+                                            [(items, cost)], self.batch_pixels))[0]
+
     async def health(self) -> dict[str, str]:
-        return {"embedder": "ok", "reranker": "ok" if self.reranker is not None else "absent"}
+        return {"embedder": "ok", "reranker": "ok" if self.reranker is not None else "absent",
+                "reasoner": "ok" if self.reasoner is not None else "absent"}
 
 
 class HandleBackend:
-    """Ray Serve deployment handles of the Embedder and Reranker deployments.
+    """Ray Serve deployment handles of the Embedder, Reranker and (when deployed) Reasoner deployments.
 
     A call that gets no answer within ``timeout_s`` (a replica that died or hangs) is cancelled and
     answered with a 504, so no request waits forever.
     """
 
     def __init__(self, embedder: Any, reranker: Any, model_id: str, dim: int, timeout_s: float = 120.0,
-                 health_timeout_s: float = 5.0, rerank_model_id: str | None = None):
-        self.embedder, self.reranker = embedder, reranker
+                 health_timeout_s: float = 5.0, rerank_model_id: str | None = None, reasoner: Any = None,
+                 reasoner_model_id: str | None = None):
+        self.embedder, self.reranker, self.reasoner = embedder, reranker, reasoner
         self.model_id, self.dim, self.rerank_model_id = model_id, dim, rerank_model_id
+        self.reasoner_model_id = reasoner_model_id if reasoner is not None else None
         self.timeout_s, self.health_timeout_s = timeout_s, health_timeout_s
 
     async def _call(self, response: Any, what: str, timeout_s: float) -> Any:
@@ -225,6 +246,9 @@ class HandleBackend:
         return await self._call(self.reranker.rerank.remote(query, documents, instruction, cost), "reranker",
                                 self.timeout_s)
 
+    async def reason(self, items: list[Item], cost: int = 0) -> Outcome:
+        return await self._call(self.reasoner.reason.remote(items, cost), "reasoner", self.timeout_s)
+
     async def health(self) -> dict[str, str]:
         """Ping each model deployment; a replica that is down or stuck reports why."""
         async def ping(handle: Any, what: str) -> str:
@@ -234,5 +258,10 @@ class HandleBackend:
             except ServerError as exc:
                 return exc.message
 
-        embedder, reranker = await asyncio.gather(ping(self.embedder, "embedder"), ping(self.reranker, "reranker"))
-        return {"embedder": embedder, "reranker": reranker}
+        async def absent() -> str:
+            return "absent"
+
+        embedder, reranker, reasoner = await asyncio.gather(
+            ping(self.embedder, "embedder"), ping(self.reranker, "reranker"),
+            ping(self.reasoner, "reasoner") if self.reasoner is not None else absent())
+        return {"embedder": embedder, "reranker": reranker, "reasoner": reasoner}

@@ -1,4 +1,4 @@
-"""Ray Serve deployments: the Embedder and Reranker (dynamically batched) and the HTTP ingress.
+"""Ray Serve deployments: the Embedder, Reranker and Reasoner (dynamically batched) and the HTTP ingress.
 
 Each model replica loads the checkpoint once. ``@serve.batch`` merges concurrent requests; the
 merged requests are decoded in turns of at most ``serve.max_batch_pixels`` source pixels and split
@@ -71,18 +71,49 @@ class RerankerDeployment:
 
 
 @serve.deployment
+class ReasonerDeployment:
+    """Writes ECR for ``reasoning=generate`` requests (deployed only with ``serve.reasoner_enabled``)."""
+
+    def __init__(self, cfg: dict):
+        from omniret.reasoning.reasoner import Reasoner, reasoner_id
+        from omniret.serving.reasoning import serve_template
+
+        self.cfg = OmniretConfig.model_validate(cfg)
+        self.reasoner = Reasoner.from_config(self.cfg.reason, self.cfg.media)
+        self.template = serve_template(self.cfg.reason)
+        self.model_id = reasoner_id(self.cfg.reason)
+        opts = self.cfg.serve.reasoner
+        self._batch.set_max_batch_size(opts.max_batch_size)
+        self._batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+
+    def info(self) -> dict:
+        return {"model_id": self.model_id}
+
+    async def reason(self, items: list[Item], cost: int = 0) -> Outcome:
+        return await self._batch((items, cost))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _batch(self, jobs: list[tuple[list[Item], int]]) -> list[Outcome]:
+        from omniret.serving.reasoning import reason_jobs
+
+        return await asyncio.to_thread(reason_jobs, self.reasoner, self.template, jobs, self.cfg.serve.max_batch_pixels)
+
+
+@serve.deployment
 @serve.ingress()
 class SearchIngress:
     """The HTTP front: routes from omniret.serving.routes over handles to the model deployments."""
 
-    async def __init__(self, embedder, reranker, cfg: dict):
+    async def __init__(self, embedder, reranker, cfg: dict, reasoner=None):
         from omniret.index.store import IndexStore
 
         self.cfg = OmniretConfig.model_validate(cfg)
         info, rerank_info = await embedder.info.remote(), await reranker.info.remote()
+        reason_info = await reasoner.info.remote() if reasoner is not None else {"model_id": None}
         serve_cfg = self.cfg.serve
         self.backend = HandleBackend(embedder, reranker, info["model_id"], info["dim"],
-                                     serve_cfg.request_timeout_s, serve_cfg.health_timeout_s, rerank_info["model_id"])
+                                     serve_cfg.request_timeout_s, serve_cfg.health_timeout_s, rerank_info["model_id"],
+                                     reasoner, reason_info["model_id"])
         # Never written from here; new ingests become visible after index.read_consistency_s.
         self.store = IndexStore(self.cfg.index)
         self.requests = metrics.Counter("omniret_http_requests", description="HTTP requests by path and status.",

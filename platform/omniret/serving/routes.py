@@ -1,5 +1,8 @@
 """The FastAPI application: /v1/embeddings, /v1/rerank, /search, /v1/models, /healthz.
 
+``/v1/embeddings`` and ``/search`` take ``reasoning`` (none, provided, generate): see
+:mod:`omniret.serving.reasoning`.
+
 Built by :func:`create_api` around a :class:`~omniret.serving.backend.Backend`, so the Serve ingress
 and a plain process serve the same routes. Every refusal is a JSON error in OpenAI's shape,
 ``{"error": {"message", "type", "param", "code"}}``: 4xx for the request's own faults (413 for a
@@ -41,6 +44,7 @@ from omniret.serving.api import (
 )
 from omniret.serving.backend import Backend, ServerError
 from omniret.serving.ingestion import save_uploads
+from omniret.serving.reasoning import attach_reasoning, check_reasoning
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +210,8 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
 
     @app.get("/v1/models")
     async def models() -> dict:
-        entries = [(backend.model_id, "embedding"), (backend.rerank_model_id, "rerank")]
+        entries = [(backend.model_id, "embedding"), (backend.rerank_model_id, "rerank"),
+                   (backend.reasoner_model_id, "reasoning")]
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "omniret", "task": task}
                                            for name, task in entries if name is not None]}
 
@@ -215,15 +220,21 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
         _check_model(request.model)
         if request.dimensions is not None and request.dimensions > backend.dim:
             raise InputError("dimensions", f"at most {backend.dim}")
+        count = len(request.input) if isinstance(request.input, list) else 1
+        texts = check_reasoning(request.reasoning, request.reasoning_text, count, serve_cfg, backend)
         with parser() as inputs:
             instruction = inputs.instruction(request.instruction, "instruction")
             # Decoding base64, probing headers and PDFs is blocking work: keep it off the event loop.
             items = await asyncio.to_thread(inputs.items, request.input, "input", instruction)
+            written = await attach_reasoning(request.reasoning, texts, items, backend, inputs.pixels)
             vectors = (await backend.embed(items, request.dimensions, inputs.pixels)).unwrap()
         tokens = sum(len((item.text or "").split()) for item in items)
-        return {"object": "list", "model": backend.model_id,
-                "data": [{"object": "embedding", "index": i, "embedding": encode_vector(v, request.encoding_format)}
-                         for i, v in enumerate(vectors)],
+        data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, request.encoding_format)}
+                for i, v in enumerate(vectors)]
+        if written:
+            for entry, ecr in zip(data, written, strict=True):
+                entry["reasoning"] = ecr  # what the reasoner wrote (reasoning=generate)
+        return {"object": "list", "model": backend.model_id, "data": data,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     @app.post("/v1/rerank")
@@ -250,8 +261,10 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
             raise InputError("index", "this service has no index configured", 503)
         if request.mode == "hybrid" and not request.text:
             raise InputError("text", "hybrid search needs text")
+        texts = check_reasoning(request.reasoning, request.reasoning_text, 1, serve_cfg, backend)
         with parser() as inputs:
             query = await asyncio.to_thread(search_item, request, inputs)
+            written = await attach_reasoning(request.reasoning, texts, [query], backend, inputs.pixels)
             vector = (await backend.embed([query], cfg.embed.dimensions, inputs.pixels)).unwrap()[0]
             depth = request.top_k
             if request.rerank:
@@ -267,7 +280,10 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
                 hits = [hits[i] for i in order]
                 rerank_scores = [float(scores[i]) for i in order]
         results = [hit_json(h, s) for h, s in zip(hits, rerank_scores, strict=True)][: request.top_k]
-        return {"model": backend.model_id, "mode": request.mode, "reranked": request.rerank, "results": results}
+        body = {"model": backend.model_id, "mode": request.mode, "reranked": request.rerank, "results": results}
+        if written:
+            body["reasoning"] = written[0]  # what the reasoner wrote (reasoning=generate)
+        return body
 
     @app.post("/v1/ingest", status_code=202)
     async def ingest(request: IngestRequest) -> dict:
