@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import yaml
 from report import write_section  # bench/ is on sys.path when a bench script runs
 
 from omniret.config import IndexConfig, load_config
@@ -77,6 +78,22 @@ def evaluate(store: IndexStore, queries: np.ndarray, ds, multi: bool, repeats: i
     return {"hit@1": float(np.mean(hit)), "ndcg@5": float(np.mean(ndcg))}, latency
 
 
+def describe_model(path: str | None, cfg) -> str:
+    """The model in words: the training run's own record when ``path`` is a run's ``final`` folder."""
+    if not path:
+        return f"the untrained tiny {cfg.model.tiny_family} ({cfg.model.tiny_preset} preset)"
+    record = Path(path).parent / "config.yaml"
+    if not record.is_file():
+        return f"`{path}`"
+    run = yaml.safe_load(record.read_text())
+    train, base = run["train"], run["model"]
+    data = ", ".join(Path(p).name for p in run["data"]["train"])
+    return (f"`{path}`: the tiny {base['tiny_family']} ({base['tiny_preset']} preset) trained by stage "
+            f"`{train['name']}`, {train['max_steps']} steps of batch {train['batch_size']}, lr {train['lr']}, "
+            f"{run['loss']['name']} at temperature {run['loss']['temperature']}, on `{data}` "
+            "(the training command: docs/RECIPES.md, Multi-vector search)")
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -121,9 +138,9 @@ def main(argv: list[str] | None = None) -> None:
                             f"{percentile(latency, 95):.1f} ms |")
                 print(rows[-1], flush=True)
     load_after = os.getloadavg()[0]
-    model = cfg.model.path or f"the untrained tiny {cfg.model.tiny_family} ({cfg.model.tiny_preset} preset)"
+    model = describe_model(cfg.model.path, cfg)
     dim = candidates.shape[-1]
-    body = (f"Model: `{model}`, {dim}-d vectors, fp32 on CPU. Multi-vector: K={args.k} token states per item "
+    body = (f"Model: {model}; {dim}-d vectors, fp32 on CPU. Multi-vector: K={args.k} token states per item "
             f"(`index.multivector_source={args.source}`) from the same forward pass as the pooled vector; the "
             "model was trained for the pooled vector only. Candidates and queries as the generated benchmark "
             f"writes them ({'without' if args.no_instructions else 'with'} instructions); syn_docs ranks its whole page pool, syn_t2v each query's own "
