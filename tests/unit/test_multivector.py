@@ -105,3 +105,19 @@ def test_multivector_queries_the_table_cannot_answer_name_the_column(tmp_path):
     with pytest.raises(StoreError, match="column 'multivector' has no such column"):
         plain.create(4, "m", (2, "segments"))
     assert multivector_of(store.table.schema) == (2, "segments") and multivector_of(plain.table.schema) is None
+
+
+def test_the_multivector_column_gets_its_own_ann_index_and_agrees_with_exact_search(tmp_path):
+    rng = np.random.default_rng(5)
+    docs = unit(rng.normal(size=(300, 2, 16))).astype(np.float32)
+    store = make_store(tmp_path, docs, dim=16)
+    store.cfg = store.cfg.model_copy(update={"vector_index_min_rows": 256})
+    done = store.maintain()
+    assert any("IvfPq multivector index over 300 rows" in d for d in done)
+    assert any("IvfPq vector index over 300 rows" in d for d in done)
+    assert {tuple(ix["columns"]) for ix in store.index_status()["indexes"]} >= {("vector",), ("multivector",)}
+    for row in (7, 123, 299):
+        ann = store.search(multivector=docs[row], k=3)
+        exact = store.search(multivector=docs[row], k=3, exact=True)
+        assert ann[0]["source_uri"] == exact[0]["source_uri"] == f"/d/{row}.png"
+        assert ann[0]["score"] == pytest.approx(2.0, abs=1e-4) and exact[0]["score"] == pytest.approx(2.0, abs=1e-4)
