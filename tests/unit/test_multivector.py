@@ -121,3 +121,20 @@ def test_the_multivector_column_gets_its_own_ann_index_and_agrees_with_exact_sea
         exact = store.search(multivector=docs[row], k=3, exact=True)
         assert ann[0]["source_uri"] == exact[0]["source_uri"] == f"/d/{row}.png"
         assert ann[0]["score"] == pytest.approx(2.0, abs=1e-4) and exact[0]["score"] == pytest.approx(2.0, abs=1e-4)
+
+
+@pytest.mark.parametrize(("multi", "ok"), [([[1, 0], [0, 1]], True), ([[1, 0]], False), ([[1, 0], [0, 1, 0]], False),
+                                           ([[1, 0, 0], [1]], False), (None, False)])
+def test_the_writer_takes_exactly_k_vectors_of_the_tables_dimension(multi, ok):
+    from omniret.ingest import rows
+    from omniret.ingest.write import to_items
+
+    embedded = rows.table([{"status": rows.EMBEDDED, "id": item_id("0" * 64, "image"), "source_uri": "/x.png",
+                            "sha256": "0" * 64, "modality": "image", "vector": [0.6, 0.8], "multivector": multi,
+                            "model": "m", "created_at": dt.datetime.now(dt.timezone.utc)}], rows.EMBEDDED_SCHEMA)
+    schema = items_schema(2, "m", (2, "segments"))
+    if ok:
+        assert to_items(embedded, schema)[MULTIVECTOR].to_pylist() == [[[1.0, 0.0], [0.0, 1.0]]]
+    else:
+        with pytest.raises(ValueError, match="'multivector': every row needs 2 vectors of 2 dimensions"):
+            to_items(embedded, schema)

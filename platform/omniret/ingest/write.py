@@ -59,7 +59,8 @@ def _multivectors(lists: pa.ListArray, k: int, dim: int) -> pa.ListArray:
     """Rows of K vectors as the table's list of fixed-size vectors; any other count is refused."""
     counts = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
     flat = pc.list_flatten(lists)
-    if lists.null_count or (counts != k).any() or len(pc.list_flatten(flat)) != k * dim * len(lists):
+    sizes = pc.list_value_length(flat).to_numpy(zero_copy_only=False)
+    if lists.null_count or flat.null_count or (counts != k).any() or (sizes != dim).any():
         raise ValueError(f"column {MULTIVECTOR!r}: every row needs {k} vectors of {dim} dimensions")
     inner = pa.FixedSizeListArray.from_arrays(pc.list_flatten(flat).cast(pa.float32()), dim)
     offsets = pa.array(np.arange(len(lists) + 1, dtype=np.int32) * k)

@@ -32,9 +32,10 @@ def _segment_means(states: torch.Tensor, k: int) -> torch.Tensor:
     ends = torch.maximum(torch.div(torch.arange(1, k + 1) * n, k, rounding_mode="floor"), starts + 1)
     starts = torch.minimum(starts, torch.full_like(starts, n - 1))  # n < k: runs of one token, repeated
     ends = torch.minimum(ends, torch.full_like(ends, n)).clamp(min=starts + 1)
-    # Prefix sums: each run's sum is two lookups, whatever its length.
-    prefix = torch.cat([states.new_zeros(1, states.shape[1]), states.cumsum(dim=0)])
-    return (prefix[ends] - prefix[starts]) / (ends - starts).to(states.dtype)[:, None]
+    # Prefix sums: each run's sum is two lookups, whatever its length; in float64, since a difference
+    # of two long float32 sums of large activations would lose the run's own digits.
+    prefix = torch.cat([states.new_zeros(1, states.shape[1], dtype=torch.float64), states.double().cumsum(dim=0)])
+    return ((prefix[ends] - prefix[starts]) / (ends - starts).double()[:, None]).float()
 
 
 def _last_positions(states: torch.Tensor, k: int) -> torch.Tensor:
