@@ -20,7 +20,7 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def make_store(tmp_path, multi: np.ndarray | None, dim: int, k: int = 0) -> IndexStore:
+def make_store(tmp_path, multi: np.ndarray | None, dim: int, texts: list[str] | None = None) -> IndexStore:
     """A table of one row per item; ``multi`` (N, K, D) fills the multivector column when given."""
     n = 3 if multi is None else len(multi)
     spec = None if multi is None else (multi.shape[1], "segments")
@@ -30,6 +30,7 @@ def make_store(tmp_path, multi: np.ndarray | None, dim: int, k: int = 0) -> Inde
     for i in range(n):
         sha = f"{i:064x}"
         record = {"id": item_id(sha, "image"), "source_uri": f"/d/{i}.png", "sha256": sha, "modality": "image",
+                  "text": texts[i] if texts else None,
                   "vector": unit(np.ones(dim) + i).tolist(), "model": "m", "created_at": now}
         if multi is not None:
             record[MULTIVECTOR] = multi[i].tolist()
@@ -138,3 +139,16 @@ def test_the_writer_takes_exactly_k_vectors_of_the_tables_dimension(multi, ok):
     else:
         with pytest.raises(ValueError, match="'multivector': every row needs 2 vectors of 2 dimensions"):
             to_items(embedded, schema)
+
+
+def test_hybrid_search_fuses_maxsim_with_full_text(tmp_path):
+    docs = np.array([[[1, 0, 0], [0, 1, 0]], [[0, 0, 1], [0, 1, 0]], [[0.6, 0.8, 0], [0, 0, 1]]], dtype=np.float32)
+    store = make_store(tmp_path, docs, dim=3, texts=["a cat", "an invoice from May", "a dog"])
+    store.maintain()  # the full-text index
+    query = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32)  # MaxSim: row 0 = 2.0, row 2 = 1.6, row 1 = 1.0
+    assert [h["source_uri"] for h in store.search(multivector=query, k=3)] == ["/d/0.png", "/d/2.png", "/d/1.png"]
+    hybrid = store.search(text="invoice", multivector=query, k=3)
+    # RRF (k = 60): row 1 is first by text and third by MaxSim, 1/61 + 1/63; row 0 first by MaxSim only, 1/61;
+    # row 2 second by MaxSim only, 1/62.
+    assert [h["source_uri"] for h in hybrid] == ["/d/1.png", "/d/0.png", "/d/2.png"]
+    assert [h["score"] for h in hybrid] == pytest.approx([1 / 61 + 1 / 63, 1 / 61, 1 / 62], rel=1e-5)
