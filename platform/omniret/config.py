@@ -180,6 +180,13 @@ class IndexConfig(Section):
         "alone rank near neighbours poorly); None: off.")
     read_consistency_s: float | None = Field(
         5.0, ge=0, description="How often a reader checks for new data (0: every read; None: never).")
+    multivector: Literal["none", "tokens"] = Field(
+        "none", description="tokens: ingest also stores K vectors per item (column `multivector`) for "
+        "MaxSim (late-interaction) search beside the pooled vector.")
+    multivector_k: int = Field(8, ge=1, le=256, description="Vectors per item in the multivector column.")
+    multivector_source: Literal["segments", "last"] = Field(
+        "segments", description="How the K vectors are read from the last hidden states: means of K equal runs "
+        "of the input's positions, or the last K positions (omniret.models.multivector).")
 
 
 class SyntheticConfig(Section):

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", "--top-k", type=int, default=10, help="results to show")
     parser.add_argument("--hybrid", action="store_true", help="vector + BM25 over the rows' text, fused by RRF "
                         "(needs --text)")
+    parser.add_argument("--multivector", action="store_true", help="MaxSim over the rows' K token vectors "
+                        "(an index ingested with index.multivector=tokens) instead of the pooled vector")
     parser.add_argument("--rerank", action="store_true", help="reorder the candidates with the yes/no reranker")
     parser.add_argument("--rerank-top-n", type=int, help="candidates the reranker sees (default: serve."
                         "rerank_candidates, at least --top-k)")
@@ -72,9 +74,20 @@ def check_query(query: Item, cfg: OmniretConfig) -> None:
             raise SearchError(f"{path}: no such file")
 
 
+def query_multivector(cfg: OmniretConfig, store: Any) -> tuple[int, str]:
+    """(K, source) of the index's multivector column: queries are read out as its rows were."""
+    from omniret.index.schema import MULTIVECTOR, multivector_of
+
+    spec = multivector_of(store.table.schema)
+    if spec is None:
+        raise SearchError(f"the index at {cfg.index.uri} has no {MULTIVECTOR!r} column: ingest with "
+                          "index.multivector=tokens (into a new index.table) to search it with --multivector")
+    return spec
+
+
 def search(cfg: OmniretConfig, query: Item, *, top_k: int = 10, hybrid: bool = False, rerank: bool = False,
            rerank_top_n: int | None = None, modality: list[str] | None = None,
-           source_prefix: str | None = None) -> list[dict]:
+           source_prefix: str | None = None, multivector: bool = False) -> list[dict]:
     """The ``top_k`` hits for ``query``: dicts of the row's light columns, ``score`` and ``rerank_score``."""
     from omniret.models.embedder import Embedder
 
@@ -83,11 +96,14 @@ def search(cfg: OmniretConfig, query: Item, *, top_k: int = 10, hybrid: bool = F
     check_query(query, cfg)
     store = open_index(cfg)
     check_model(cfg, store)
-    vector = Embedder.from_config(cfg).encode([query], progress=False)[0]
+    spec = query_multivector(cfg, store) if multivector else None
+    vectors = Embedder.from_config(cfg).encode([query], progress=False, multivector=spec)[0]
+    # The pooled vector, or the K token states read out as the table's rows were.
+    vector, tokens = (vectors, None) if spec is None else (None, vectors[1:])
     depth = top_k
     if rerank:
         depth = min(max(rerank_top_n or top_k, top_k), cfg.serve.rerank_candidates)
-    hits = store.search(vector, query.text if hybrid else None, k=depth, modality=modality,
+    hits = store.search(vector, query.text if hybrid else None, multivector=tokens, k=depth, modality=modality,
                         source_prefix=source_prefix, with_thumbnail=rerank)
     for hit in hits:
         hit["rerank_score"] = None
@@ -124,9 +140,11 @@ def format_hits(hits: list[dict]) -> str:
 
 def run(args: argparse.Namespace, cfg: OmniretConfig, query: Item) -> int:
     hits = search(cfg, query, top_k=args.top_k, hybrid=args.hybrid, rerank=args.rerank,
-                  rerank_top_n=args.rerank_top_n, modality=args.modality, source_prefix=args.source_prefix)
+                  rerank_top_n=args.rerank_top_n, modality=args.modality, source_prefix=args.source_prefix,
+                  multivector=args.multivector)
     if args.json:
         print(json.dumps({"query": query.text, "mode": "hybrid" if args.hybrid else "vector",
+                          "multivector": args.multivector,
                           "reranked": args.rerank, "results": [_jsonable(h) for h in hits]}, indent=2))
     else:
         print(format_hits(hits))

@@ -134,6 +134,44 @@ def test_mmeb_v2_video_and_visdoc_rows(tmp_path):
     assert "unrecognised row" in result.problems[0].reason
 
 
+def test_text_pairs_read_and_bad_lines_are_reported_with_their_line(tmp_path):
+    from omniret.data.synthetic.text_pairs import text_pairs
+
+    path = tmp_path / "text.jsonl"
+    good = {"query": "who ships?", "positive": "the north site ships", "negatives": ["the south site", "nobody"],
+            "instruction": "Find the answer."}
+    lines = [json.dumps(good), json.dumps({"query": "q2", "positive": "p2", "negatives": "one negative"}),
+             "{not json", json.dumps({"query": "q", "positive": ""}), json.dumps({"query": 5, "positive": "p"}),
+             json.dumps({"query": "q", "positive": "p", "negatives": [3]}),
+             json.dumps({"query": "q", "positive": "p", "negatives": {"a": 1}}),
+             *map(json.dumps, text_pairs(3, seed=1))]
+    path.write_text("\n".join(lines) + "\n")
+    result = read_pairs(path)
+    first, second = result.pairs[:2]
+    assert (first.query.text, first.query.instruction, first.dataset, first.task) == (
+        "who ships?", "Find the answer.", "text", "document_retrieval")
+    assert [s.text for s in first.positives] == ["the north site ships"]
+    assert [s.text for s in first.negatives] == ["the south site", "nobody"]
+    assert [s.text for s in second.negatives] == ["one negative"] and second.query.instruction is None
+    assert all(side.modality == "text" for p in result.pairs for side in [p.query, *p.positives, *p.negatives])
+    assert len(result.pairs) == 5 and all(len(p.negatives) == 2 for p in result.pairs[2:])
+    assert [(pr.line, pr.reason.split(":")[0]) for pr in result.problems] == [
+        (3, "invalid JSON"), (4, "positive"), (5, "query"), (6, "negatives[0]"), (7, "negatives")]
+
+
+def test_generated_text_pairs_are_the_same_for_a_seed_and_their_positive_answers_the_query():
+    from omniret.data.synthetic.text_pairs import text_pairs
+
+    rows = text_pairs(20, seed=4)
+    assert rows == text_pairs(20, seed=4) and rows != text_pairs(20, seed=5)
+    for row in rows:
+        # "... the <site> site ..." and the product name: the positive names both, each negative misses one.
+        site = row["query"].split(" the ")[-1].split(" site")[0]
+        product = " ".join(row["positive"].split(" at the ")[0].lower().split())
+        assert product in row["query"] and f"the {site} site" in row["positive"]
+        assert all(product not in n.lower() or f"the {site} site" not in n for n in row["negatives"])
+
+
 def test_beir_folder_as_training_pairs(tmp_path):
     (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "a"}\n{"_id": "q2", "text": "b"}\n')
     (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "alpha"}\n{"_id": "d2", "text": "beta"}\n')

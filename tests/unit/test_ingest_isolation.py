@@ -100,7 +100,7 @@ class _FailsOnPoison:
     def __init__(self):
         self.calls: list[list[str]] = []
 
-    def encode_prepared(self, encoded, dimensions=None, progress=None):
+    def encode_prepared(self, encoded, dimensions=None, progress=None, multivector=None):
         self.calls.append(list(encoded))
         if "poison" in encoded:
             raise RuntimeError("shape mismatch")

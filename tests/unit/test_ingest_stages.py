@@ -9,7 +9,7 @@ import pytest
 from omniret.index.schema import item_id
 from omniret.index.store import IndexStore
 from omniret.ingest import rows
-from omniret.ingest.embed import EmbedBatch, model_dim, model_tag, row_to_item
+from omniret.ingest.embed import EmbedBatch, model_dim, model_tag, multivector_spec, row_to_item
 from omniret.ingest.expand import expand_files
 from omniret.ingest.write import WriteBatch, to_items
 from omniret.items import Item, PageRef, VideoRef
@@ -74,6 +74,26 @@ def test_stored_vectors_equal_embedding_the_item_directly(cfg, corpus):
     assert np.allclose(by_unit["page=0"]["vector"], page, atol=1e-5)
     assert np.allclose(by_unit["clip=1.000-2.000"]["vector"], clip, atol=1e-5)
     assert by_unit["page=0"]["text"] == "pelicans on page one"
+
+
+def test_multivector_ingest_stores_the_token_states_of_the_same_forward_pass(make_config, tmp_path, corpus):
+    cfg = make_config("qwen2_vl", f"index.uri={tmp_path / 'db'}", "media.pdf_dpi=50", "index.multivector=tokens",
+                      "index.multivector_k=4", "index.multivector_source=segments")
+    IndexStore(cfg.index).create(model_dim(cfg), model_tag(cfg), multivector_spec(cfg))
+    run_stages(cfg, [corpus / "tri.png", corpus / "doc.pdf"], EmbedBatch(cfg.model_dump(), model_tag(cfg)))
+    store = IndexStore(cfg.index, fresh=True)
+    stored = {r["id"].split(":")[1]: r for r in store.scan(["id", "vector", "multivector"]).to_pylist()}
+    embedder = Embedder.from_config(cfg)
+    items = [Item(images=[str(corpus / "tri.png")]), Item(page=PageRef(str(corpus / "doc.pdf"), 1))]
+    both = embedder.encode(items, progress=False, multivector=(4, "segments"))
+    assert both.shape == (2, 5, model_dim(cfg))
+    assert np.allclose(both[:, 0], embedder.encode(items, progress=False), atol=1e-5)  # pooled vector unchanged
+    for unit, row in zip(["image", "page=1"], both, strict=True):
+        assert np.allclose(stored[unit]["vector"], row[0], atol=1e-5)
+        assert np.allclose(stored[unit]["multivector"], row[1:], atol=1e-5)
+    assert np.allclose(np.linalg.norm(both, axis=-1), 1.0, atol=1e-5)
+    hits = store.search(multivector=both[1, 1:], k=3)
+    assert hits[0]["page"] == 1 and hits[0]["score"] == pytest.approx(4.0, abs=1e-4)
 
 
 def test_row_to_item_rebuilds_each_modality(cfg, corpus):

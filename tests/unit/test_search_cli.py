@@ -96,16 +96,39 @@ def test_rerank_scores_every_result(indexed, capsys):
     assert code == 0 and len(results) == 3 and scores == sorted(scores, reverse=True)
 
 
-@pytest.mark.parametrize("case", ["missing index", "unreadable image", "missing table", "other model"])
+def test_multivector_query_reads_the_tables_k_and_finds_its_picture(indexed, make_config, tmp_path, capsys):
+    root, _ = indexed
+    cfg = make_config("qwen2_vl", f"index.uri={tmp_path / 'db'}")
+    names = ["red_circle", "blue_square", "green_triangle"]
+    vectors = Embedder.from_config(cfg).encode([Item(images=[str(root / f"{n}.png")]) for n in names],
+                                               progress=False, multivector=(3, "last"))
+    dim = vectors.shape[-1]
+    records = [{"id": item_id(f"{i:064x}", "image"), "source_uri": str(root / f"{n}.png"), "sha256": f"{i:064x}",
+                "modality": "image", "vector": v[0].tolist(), "multivector": v[1:].tolist(), "model": model_tag(cfg),
+                "created_at": dt.datetime.now(dt.timezone.utc)} for i, (n, v) in enumerate(zip(names, vectors, strict=True))]
+    store = IndexStore(cfg.index, fresh=True)
+    store.create(dim, model_tag(cfg), (3, "last"))
+    store.upsert(pa.Table.from_pylist(records, schema=items_schema(dim, model_tag(cfg), (3, "last"))))
+    # The table says K=3 read from the last positions; the configuration's defaults (8, segments) do not apply.
+    code, out, _ = search(capsys, "--image", str(root / "blue_square.png"), "--multivector", "--json",
+                          f"model.path={cfg.model.path}", f"index.uri={tmp_path / 'db'}")
+    results = json.loads(out)["results"]
+    assert code == 0 and json.loads(out)["multivector"] is True
+    assert results[0]["source_uri"] == str(root / "blue_square.png") and results[0]["score"] == pytest.approx(3.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("case", ["missing index", "unreadable image", "missing table", "other model",
+                                  "no multivector column"])
 def test_errors_are_one_line_and_exit_2(indexed, tmp_path, capsys, case):
     _, overrides = indexed
     args = {"missing index": ["--text", "x", *overrides, f"index.uri={tmp_path / 'nothing'}"],
             "missing table": ["--text", "x", *overrides, "index.table=other"],
             "unreadable image": ["--image", str(tmp_path / "broken.png"), *overrides],
-            "other model": ["--text", "x", *overrides, "embed.dimensions=32"]}[case]
+            "other model": ["--text", "x", *overrides, "embed.dimensions=32"],
+            "no multivector column": ["--text", "x", "--multivector", *overrides]}[case]
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     code, out, err = search(capsys, *args)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("omniret search: error: ")
     assert {"missing index": "no index at", "missing table": "no table 'other'", "unreadable image": "broken.png",
-            "other model": "holds vectors of model"}[case] in err
+            "other model": "holds vectors of model", "no multivector column": "no 'multivector' column"}[case] in err

@@ -194,10 +194,10 @@ def test_a_merged_forward_pass_that_fails_is_retried_request_by_request(setup):
     from omniret.models.embedder import Embedder
 
     class FailsOnLongItems(Embedder):
-        def encode_prepared(self, encoded, dimensions=None, progress=None):
+        def encode_prepared(self, encoded, dimensions=None, progress=None, multivector=None):
             if any(len(e) > 100 for e in encoded):
                 raise RuntimeError("out of memory")
-            return super().encode_prepared(encoded, dimensions, progress)
+            return super().encode_prepared(encoded, dimensions, progress, multivector)
 
     real = setup["embedder"]
     model = FailsOnLongItems(real.backbone, real.encoder.media, real.embed_cfg, real.template.name)
@@ -206,3 +206,8 @@ def test_a_merged_forward_pass_that_fails_is_retried_request_by_request(setup):
     np.testing.assert_allclose(outcomes[0].values, real.encode(["a red circle"], progress=False), atol=1e-6)
     assert outcomes[1].values is None and outcomes[1].status == 500
     assert outcomes[2].values.shape == (1, 4)
+    # Jobs asking for token states are embedded apart and get the pooled vector first, then K states.
+    mixed = embed_jobs(model, [(short, None, 0, (3, "last")), (short, 4, 0), (long, None, 0, (3, "last"))])
+    assert mixed[0].values.shape == (1, 4, real.dim) and mixed[1].values.shape == (1, 4)
+    np.testing.assert_allclose(mixed[0].values[:, 0], outcomes[0].values, atol=1e-6)
+    assert mixed[2].values is None and mixed[2].status == 500

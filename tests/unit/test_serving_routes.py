@@ -98,6 +98,34 @@ def test_search_finds_an_indexed_image_first(setup):
     assert scores == sorted(scores, reverse=True)
     filtered = setup["client"].post("/search", json={"text": "circle", "modality": ["page"]}).json()
     assert filtered["results"] == []
+    # This index has no multivector column: the request is refused, naming it.
+    refused = setup["client"].post("/search", json={"text": "circle", "multivector": True})
+    assert refused.status_code == 400 and "no 'multivector' column" in refused.text
+
+
+def test_multivector_search_finds_an_indexed_image_first(setup, tmp_path):
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from omniret.index.schema import item_id, items_schema
+
+    cfg = setup["cfg"].model_copy(update={"index": setup["cfg"].index.model_copy(update={"uri": str(tmp_path / "mv")})})
+    paths = sorted((setup["root"] / "media").glob("*.png"))
+    both = setup["embedder"].encode([Item(images=[str(p)]) for p in paths], progress=False, multivector=(4, "segments"))
+    schema = items_schema(both.shape[-1], setup["embedder"].model_id, (4, "segments"))
+    store = IndexStore(cfg.index, fresh=True)
+    store.create(both.shape[-1], setup["embedder"].model_id, (4, "segments"))
+    store.upsert(pa.Table.from_pylist([
+        {"id": item_id(f"{i:064x}", "image"), "source_uri": str(p), "sha256": f"{i:064x}", "modality": "image",
+         "vector": v[0].tolist(), "multivector": v[1:].tolist(), "model": setup["embedder"].model_id,
+         "created_at": dt.datetime.now(dt.timezone.utc)} for i, (p, v) in enumerate(zip(paths, both, strict=True))],
+        schema=schema))
+    client = TestClient(create_api(LocalBackend(setup["embedder"]), cfg, IndexStore(cfg.index)))
+    target = paths[1]
+    body = client.post("/search", json={"image": data_uri(target.read_bytes()), "multivector": True, "top_k": 2}).json()
+    assert body["results"][0]["source_uri"] == str(target)
+    assert body["results"][0]["score"] == pytest.approx(4.0, abs=1e-4)
 
 
 @pytest.mark.parametrize(("payload", "status", "param"), [

@@ -35,6 +35,20 @@ def test_quickstart_recipe_has_two_chained_stages_and_a_reranker_stage():
     assert stage1.train.objective == stage2.train.objective == "contrastive" and not stage2.eval.rerank_top_k
 
 
+@pytest.mark.slow
+def test_seed16_text_stage_loads_and_trains_two_steps_on_its_text_pairs(tiny_dirs, tmp_path):
+    (stage,) = load_stages([CONFIGS / "seed16_text.yaml"], [
+        f"model.path={tiny_dirs['qwen2_vl']}", f"train.output_dir={tmp_path}", "train.max_steps=2",
+        "train.torch_threads=1"], root=ROOT)
+    assert (stage.train.name, stage.train.mode, stage.loss.name) == ("seed16-text", "lora", "infonce")
+    assert not stage.lora.include_vision and stage.data.train == [str(ROOT / "ray_jobs/data/text_pairs.jsonl")]
+    (result,) = run_stages([stage], local=True)
+    assert (result.final / "config.json").is_file()
+    rows = [line.split(",") for line in (result.run_dir / "metrics.csv").read_text().splitlines()]
+    steps = [r[rows[0].index("step")] for r in rows[1:] if r[rows[0].index("loss")]]
+    assert steps[-1] == "2"
+
+
 def test_relative_reranker_paths_are_rebased_on_root(tmp_path):
     (stage,) = load_stages([CONFIGS / "stage1.yaml"], ["rerank.model.path=models/rr", "rerank.model.adapter=/a"],
                            root=tmp_path)

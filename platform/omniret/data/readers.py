@@ -9,7 +9,9 @@ Row formats, detected per row:
 - MMEB-V2 video: ``caption`` with ``video`` / ``video_path`` / ``frame_dir`` (a folder of frames);
 - MMEB-V2 visual documents: ``query`` with ``image`` / ``image_path`` (a path or parquet
   ``{bytes, path}``) or ``pdf`` + ``page``; BEIR folders (queries / corpus / qrels) via
-  :func:`read_beir_pairs`.
+  :func:`read_beir_pairs`;
+- text pairs: ``query`` and ``positive`` strings, optional ``negatives`` (a string or a list of
+  strings) and ``instruction`` (the query's); the rows of a text-only training stage.
 
 Relative media paths are resolved against ``root`` (default: the folder given, the file's folder and
 its parent, first match wins). A row that cannot be used is reported with its file and line (row
@@ -154,6 +156,8 @@ def row_to_pair(row: dict[str, Any], *, dataset: str, task: str | None = None,
         return _video_row(row, dataset, task, roots)
     if isinstance(row.get("query"), str) and any(k in row for k in ("image", "image_path", "pdf")):
         return _visdoc_row(row, dataset, task, roots)
+    if "positive" in row and "query" in row:
+        return _text_row(row, dataset, task)
     raise SchemaError(f"unrecognised row format with fields {sorted(row)[:12]}")
 
 
@@ -245,6 +249,28 @@ def _visdoc_row(row: dict[str, Any], dataset: str, task: str | None, roots: list
     qid = row.get("query-id") or row.get("query_id") or row.get("id")
     return Pair(Side(text=query), [positive], [negative] if negative else [], dataset=name,
                 task=_task(task, name, "document_retrieval"), id=f"{name}:{qid}" if qid else None)
+
+
+def _text_row(row: dict[str, Any], dataset: str, task: str | None) -> Pair:
+    """A text pair: query, positive, optional negatives and query instruction, all plain strings."""
+    def text(value: Any, where: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise SchemaError(f"{where}: expected a non-empty string, got {type(value).__name__} {value!r:.40}")
+        return value.strip()
+
+    negatives = row.get("negatives") or []
+    negatives = [negatives] if isinstance(negatives, str) else negatives
+    if not isinstance(negatives, list):
+        raise SchemaError(f"negatives: expected a string or a list of strings, got {type(negatives).__name__}")
+    instruction = row.get("instruction")
+    name = check_dataset(row.get("dataset") or dataset)
+    qid = row.get("id")
+    # Text-only pairs are document retrieval with text documents (the closest of the task groups).
+    return Pair(Side(text=text(row["query"], "query"),
+                     instruction=text(instruction, "instruction") if instruction is not None else None),
+                [Side(text=text(row["positive"], "positive"))],
+                [Side(text=text(n, f"negatives[{i}]")) for i, n in enumerate(negatives)],
+                dataset=name, task=_task(task, name, "document_retrieval"), id=f"{name}:{qid}" if qid else None)
 
 
 def _doc_side(row: dict[str, Any], image_keys: tuple[str, ...], pdf_key: str, page_key: str,

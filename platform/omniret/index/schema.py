@@ -16,20 +16,34 @@ MODALITIES = ("image", "page", "video")
 #: Columns that are large per row; searches leave them out unless asked.
 VECTOR = "vector"
 THUMBNAIL = "thumbnail"
-HEAVY_COLUMNS = (VECTOR, THUMBNAIL)
+#: K unit vectors per row for MaxSim search; present only in tables made with ``index.multivector``.
+MULTIVECTOR = "multivector"
+HEAVY_COLUMNS = (VECTOR, THUMBNAIL, MULTIVECTOR)
 
 #: Schema metadata keys: which model's vectors the table holds, so a mismatched ingest is refused.
 META_MODEL = b"omniret.model"
 META_VERSION = b"omniret.schema"
 SCHEMA_VERSION = b"1"
+#: "K:source" of the multivector column (omniret.models.multivector), so queries are read out alike.
+META_MULTIVECTOR = b"omniret.multivector"
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 
-def items_schema(dim: int, model: str) -> pa.Schema:
-    """Schema of the items table for vectors of ``dim`` floats made by ``model``."""
+def items_schema(dim: int, model: str, multivector: tuple[int, str] | None = None) -> pa.Schema:
+    """Schema of the items table for vectors of ``dim`` floats made by ``model``; with ``multivector``
+    = (K, source), also a column of K vectors of ``dim`` floats per row."""
     if dim < 1:
         raise ValueError(f"vector dimension must be positive, got {dim}")
+    metadata = {META_MODEL: model.encode(), META_VERSION: SCHEMA_VERSION}
+    extra = []
+    if multivector is not None:
+        k, source = multivector
+        if k < 1:
+            raise ValueError(f"vectors per item must be >= 1, got {k}")
+        # LanceDB's multivector type: a list of fixed-size vectors (K is kept in the metadata).
+        extra.append(pa.field(MULTIVECTOR, pa.list_(pa.list_(pa.float32(), dim))))
+        metadata[META_MULTIVECTOR] = f"{k}:{source}".encode()
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),  # content hash + unit, see item_id()
@@ -44,8 +58,9 @@ def items_schema(dim: int, model: str) -> pa.Schema:
             pa.field(VECTOR, pa.list_(pa.float32(), dim)),  # unit length: cosine = dot product
             pa.field("model", pa.string(), nullable=False),
             pa.field("created_at", TIMESTAMP, nullable=False),
+            *extra,
         ],
-        metadata={META_MODEL: model.encode(), META_VERSION: SCHEMA_VERSION},
+        metadata=metadata,
     )
 
 
@@ -106,3 +121,14 @@ def model_of(schema: pa.Schema) -> str | None:
 
 def vector_dim(schema: pa.Schema) -> int:
     return schema.field(VECTOR).type.list_size
+
+
+def multivector_of(schema: pa.Schema) -> tuple[int, str] | None:
+    """(K, source) of a table's multivector column; None when it has none."""
+    if MULTIVECTOR not in schema.names:
+        return None
+    value = (schema.metadata or {}).get(META_MULTIVECTOR, b"")
+    k, _, source = value.decode().partition(":")
+    if not k.isdigit():
+        raise ValueError(f"the {MULTIVECTOR!r} column does not record its vectors per item ({value!r})")
+    return int(k), source

@@ -28,12 +28,14 @@ from omniret.index.schema import (
     HEAVY_COLUMNS,
     LIGHT_COLUMNS,
     MODALITIES,
+    MULTIVECTOR,
     THUMBNAIL,
     TIMESTAMP,
     VECTOR,
     errors_schema,
     items_schema,
     model_of,
+    multivector_of,
     vector_dim,
 )
 
@@ -118,17 +120,27 @@ class IndexStore:
         except ValueError:  # "Table ... was not found"
             return None
 
-    def create(self, dim: int, model: str) -> Any:
-        """Open the items table, creating it empty if missing; refuse one made for another model."""
+    def create(self, dim: int, model: str, multivector: tuple[int, str] | None = None) -> Any:
+        """Open the items table, creating it empty if missing; refuse one made for another model, or
+        one whose multivector column (K vectors of ``multivector`` = (K, source)) differs."""
         table = self._open(self.cfg.table)
         if table is None:
             try:
-                table = self.db.create_table(self.cfg.table, schema=items_schema(dim, model))
+                table = self.db.create_table(self.cfg.table, schema=items_schema(dim, model, multivector))
             except ValueError:
                 table = self._open(self.cfg.table)  # created concurrently by another process
                 if table is None:
                     raise
         self._check(table, dim, model)
+        have = multivector_of(table.schema)
+        if have != (tuple(multivector) if multivector else None):
+            def words(mv: tuple[int, str] | None) -> str:
+                return f"{mv[0]} vectors per row ({mv[1]})" if mv else "no such column"
+
+            raise StoreError(
+                f"table {self.cfg.table!r} in {self.cfg.uri}: column {MULTIVECTOR!r} has {words(have)}, this "
+                f"ingest writes {words(multivector)}: match index.multivector / multivector_k / "
+                "multivector_source to the table, or use another index.table")
         self._table = table
         return table
 
@@ -283,13 +295,17 @@ class IndexStore:
             if column not in present:
                 table.create_index(column, config=config())
                 done.append(f"created {label} index on {column}")
-        if rebuild_vector or (VECTOR not in present and rows >= self.cfg.vector_index_min_rows):
+        # The multivector column gets an index of its own, by the same rule (LanceDB's IVF indexes
+        # take multivector columns; a query's vectors are each searched, then MaxSim re-ranks).
+        for column in [VECTOR] + ([MULTIVECTOR] if MULTIVECTOR in table.schema.names else []):
+            if not (rebuild_vector or (column not in present and rows >= self.cfg.vector_index_min_rows)):
+                continue
             if rows < MIN_VECTOR_INDEX_ROWS:
-                done.append(f"no vector index: {rows} rows, at least {MIN_VECTOR_INDEX_ROWS} needed")
+                done.append(f"no {column} index: {rows} rows, at least {MIN_VECTOR_INDEX_ROWS} needed")
             else:
                 config = self.vector_index_config(rows)
-                table.create_index(VECTOR, config=config, replace=True)
-                done.append(f"built {type(config).__name__} vector index over {rows} rows")
+                table.create_index(column, config=config, replace=True)
+                done.append(f"built {type(config).__name__} {column} index over {rows} rows")
         stale = self._unindexed_fraction()  # indexes created just now cover every row
         if optimize or stale > self.cfg.reindex_fraction:
             table.optimize()
@@ -312,7 +328,7 @@ class IndexStore:
 
     # ---- reads -------------------------------------------------------------------------------
     def search(self, vector: Sequence[float] | np.ndarray | None = None, text: str | None = None, *,
-               k: int = 10, modality: str | Sequence[str] | None = None, source_prefix: str | None = None,
+               multivector: np.ndarray | Sequence[Sequence[float]] | None = None, k: int = 10, modality: str | Sequence[str] | None = None, source_prefix: str | None = None,
                where: str | None = None, with_vector: bool = False, with_thumbnail: bool = False,
                exact: bool = False, nprobes: int | None = None, refine_factor: int | None = None,
                candidates: int | None = None) -> list[Hit]:
@@ -324,11 +340,18 @@ class IndexStore:
         - both: vector and full-text results fused by reciprocal rank (RRF), ``score`` = RRF score;
           each half contributes its best ``candidates`` rows (default max(4k, 40)), so a row ranked
           well by one half and modestly by the other still gets both contributions.
+        - ``multivector`` (K, D) instead of ``vector``: MaxSim over the ``multivector`` column,
+          ``score`` = sum over the K query vectors of their best cosine with the row's vectors
+          (at most K); with ``text`` it takes the vector half's place in hybrid search. The table
+          must have the column, with K vectors per row of D dimensions.
 
         Filters (``modality``, ``source_prefix``, raw SQL ``where``) apply before ranking. Rows come
-        as dicts of the light columns plus ``score``; ``vector``/``thumbnail`` only when asked.
+        as dicts of the light columns plus ``score``; ``vector`` (and ``multivector``) and ``thumbnail``
+        only when asked.
         """
-        if vector is None and not text:
+        if vector is not None and multivector is not None:
+            raise ValueError("search takes a query vector or a multivector query, not both")
+        if vector is None and multivector is None and not text:
             raise ValueError("search needs a query vector, a text query, or both")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -338,8 +361,11 @@ class IndexStore:
         columns = self._columns(with_vector, with_thumbnail)
         if text:
             self._require_fts()
+        column = VECTOR
         if vector is not None:
             vector = self._query_vector(vector)
+        elif multivector is not None:
+            vector, column = self._query_multivector(multivector), MULTIVECTOR
         if vector is not None and text:
             # The two halves run as separate queries (each can then project its own score column
             # and take the ANN knobs) and are fused with LanceDB's RRF reranker, as its hybrid
@@ -347,19 +373,22 @@ class IndexStore:
             from lancedb.rerankers import RRFReranker
 
             pool = max(candidates or max(4 * k, 40), k)
-            vec = self._vector_query(vector, flt, [*columns, "_distance"], pool, exact, nprobes, refine_factor)
+            vec = self._vector_query(vector, flt, [*columns, "_distance"], pool, exact, nprobes, refine_factor,
+                                     column)
             fts = self._text_query(text, flt, [*columns, "_score"], pool)
             fused = RRFReranker().rerank_hybrid(text, vec.with_row_id(True).to_arrow(),
                                                 fts.with_row_id(True).to_arrow())
             return _hits(fused.slice(0, k), "_relevance_score")
         if vector is not None:
-            query = self._vector_query(vector, flt, [*columns, "_distance"], k, exact, nprobes, refine_factor)
-            return _hits(query.to_arrow(), "_distance")
+            query = self._vector_query(vector, flt, [*columns, "_distance"], k, exact, nprobes, refine_factor,
+                                       column)
+            # Multivector distance is sum_i (1 - max_j cos): K - MaxSim.
+            return _hits(query.to_arrow(), "_distance", len(vector) if vector.ndim == 2 else 1)
         return _hits(self._text_query(text, flt, [*columns, "_score"], k).to_arrow(), "_score")
 
     def _vector_query(self, vector: np.ndarray, flt: str | None, columns: list[str], k: int, exact: bool,
-                      nprobes: int | None, refine_factor: int | None) -> Any:
-        query = self.table.search(vector, vector_column_name=VECTOR).distance_type("cosine")
+                      nprobes: int | None, refine_factor: int | None, column: str = VECTOR) -> Any:
+        query = self.table.search(vector, vector_column_name=column).distance_type("cosine")
         if exact:
             query = query.bypass_vector_index()
         else:
@@ -391,8 +420,8 @@ class IndexStore:
         columns = list(LIGHT_COLUMNS)
         if with_thumbnail:
             columns.append(THUMBNAIL)
-        if with_vector:
-            columns.append(VECTOR)
+        if with_vector:  # the token vectors too, where the table has them
+            columns += [c for c in (VECTOR, MULTIVECTOR) if c in self.table.schema.names]
         return columns
 
     def _query_vector(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -400,6 +429,18 @@ class IndexStore:
         dim = vector_dim(self.table.schema)
         if array.shape[0] != dim:
             raise ValueError(f"query vector has {array.shape[0]} dimensions, the index holds {dim}")
+        return array
+
+    def _query_multivector(self, vectors: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+        array = np.asarray(vectors, dtype=np.float32)
+        have = multivector_of(self.table.schema)
+        if have is None:
+            raise StoreError(f"table {self.cfg.table!r} in {self.cfg.uri} has no {MULTIVECTOR!r} column: "
+                             "ingest with index.multivector=tokens (into a new index.table) to search it")
+        dim = vector_dim(self.table.schema)
+        if array.ndim != 2 or array.shape != (have[0], dim):
+            raise StoreError(f"a query of the {MULTIVECTOR!r} column must be {have[0]} vectors of {dim} "
+                             f"dimensions ({have[1]} read-out), got shape {tuple(array.shape)}")
         return array
 
     def _require_fts(self) -> None:
@@ -439,16 +480,17 @@ def sub_vectors(dim: int) -> int:
     return max(d for d in range(1, target + 1) if dim % d == 0)
 
 
-def _hits(result: pa.Table, score: str) -> list[Hit]:
+def _hits(result: pa.Table, score: str, vectors: int = 1) -> list[Hit]:
     scores = result[score].to_numpy(zero_copy_only=False).astype(float)
     if score == "_distance":
-        scores = 1.0 - scores  # cosine distance -> cosine similarity
+        scores = vectors - scores  # cosine distance -> cosine similarity (summed over query vectors)
     keep = [c for c in result.column_names if not c.startswith("_")]
     hits = result.select(keep).to_pylist()
     for hit, value in zip(hits, scores, strict=True):
         hit["score"] = float(value)
-        if VECTOR in hit and hit[VECTOR] is not None:
-            hit[VECTOR] = np.asarray(hit[VECTOR], dtype=np.float32)
+        for column in (VECTOR, MULTIVECTOR):
+            if column in hit and hit[column] is not None:
+                hit[column] = np.asarray(hit[column], dtype=np.float32)
     return hits
 
 

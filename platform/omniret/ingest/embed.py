@@ -34,6 +34,13 @@ def model_tag(cfg: OmniretConfig) -> str:
     return tag(cfg.model, cfg.embed.dimensions)
 
 
+def multivector_spec(cfg: OmniretConfig) -> tuple[int, str] | None:
+    """(K, source) of the multivector column ingest writes; None when ``index.multivector`` is none."""
+    if cfg.index.multivector == "none":
+        return None
+    return cfg.index.multivector_k, cfg.index.multivector_source
+
+
 def model_dim(cfg: OmniretConfig) -> int:
     """Vector size, read from the checkpoint's config (no weights are loaded)."""
     if cfg.embed.dimensions:
@@ -97,12 +104,16 @@ class EmbedBatch:
         return rows.table(out, rows.EMBEDDED_SCHEMA)
 
     def _embed(self, work: list[dict[str, Any]], out: list[dict[str, Any]]) -> None:
+        multi = multivector_spec(self.cfg)
         vectors, errors = embed_isolated(self.embedder, [partial(row_to_item, row) for row in work],
-                                         self.cfg.embed.dimensions)
+                                         self.cfg.embed.dimensions, multi)
         now = dt.datetime.now(dt.timezone.utc)
         for i, (target, vector) in enumerate(zip(out, vectors, strict=True)):
             if i in errors:
                 target.update(status=rows.FAILED, stage="embed", reason=reason_of(errors[i])[:MAX_REASON])
             else:
+                if multi is not None:  # the pooled vector first, then the K token states
+                    vector, tokens = vector[0], vector[1:]
+                    target["multivector"] = tokens.tolist()
                 target.update(status=rows.EMBEDDED, vector=vector.tolist(), model=self.model, created_at=now)
                 self.embedded += 1

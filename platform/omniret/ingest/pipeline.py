@@ -21,7 +21,7 @@ from omniret.cluster import ensure_ray
 from omniret.config import OmniretConfig
 from omniret.errors import ConfigError
 from omniret.ingest.discover import Discovery, SourceFile, discover
-from omniret.ingest.embed import EmbedBatch, model_dim, model_tag
+from omniret.ingest.embed import EmbedBatch, model_dim, model_tag, multivector_spec
 from omniret.ingest.expand import expand_files
 from omniret.ingest.reconcile import plan_reconcile
 from omniret.ingest.summary import IngestSummary
@@ -84,7 +84,7 @@ def run_ingest(cfg: OmniretConfig, sources: Sequence[str] | None = None, *, prun
 
     store = IndexStore(cfg.index, fresh=True)
     model = model_tag(cfg)
-    store.create(model_dim(cfg), model)  # before any work: a table of another model fails here
+    store.create(model_dim(cfg), model, multivector_spec(cfg))  # before any work: a table of another model fails here
     if found.files:
         _stream(build_dataset(found.files, cfg, model), summary, cfg.ingest.max_failed_files)
     finish(store, found, summary, prune=prune)

@@ -54,6 +54,7 @@ WORK_SCHEMA = pa.schema(_KEY_FIELDS + _ITEM_FIELDS + PAYLOAD_FIELDS)
 #: Rows leaving the embedder: media dropped, vector and model added.
 EMBEDDED_SCHEMA = pa.schema(_KEY_FIELDS + _ITEM_FIELDS + [
     pa.field("vector", pa.list_(pa.float32())),
+    pa.field("multivector", pa.list_(pa.list_(pa.float32()))),  # K vectors, with index.multivector only
     pa.field("model", pa.string()),
     pa.field("created_at", pa.timestamp("us", tz="UTC")),
 ])

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from omniret.config import IndexConfig
+from omniret.index.schema import MULTIVECTOR, VECTOR, multivector_of
 from omniret.ingest import rows
 
 
@@ -41,13 +43,28 @@ class WriteBatch:
 
 def to_items(embedded: pa.Table, schema: pa.Schema) -> pa.Table:
     """Embedded work rows as rows of the items table (fixed-size vectors, schema column order)."""
-    dim = schema.field("vector").type.list_size
-    vectors = pc.list_flatten(embedded["vector"])
+    dim = schema.field(VECTOR).type.list_size
+    vectors = pc.list_flatten(embedded[VECTOR])
     if len(vectors) != dim * embedded.num_rows:
         raise ValueError(f"vectors do not all have {dim} dimensions")
-    columns = {name: embedded[name] for name in schema.names if name != "vector"}
-    columns["vector"] = pa.FixedSizeListArray.from_arrays(vectors.combine_chunks().cast(pa.float32()), dim)
+    columns = {name: embedded[name] for name in schema.names if name not in (VECTOR, MULTIVECTOR)}
+    columns[VECTOR] = pa.FixedSizeListArray.from_arrays(vectors.combine_chunks().cast(pa.float32()), dim)
+    spec = multivector_of(schema)
+    if spec is not None:
+        columns[MULTIVECTOR] = _multivectors(embedded[MULTIVECTOR].combine_chunks(), spec[0], dim)
     return pa.table([columns[name] for name in schema.names], schema=schema)
+
+
+def _multivectors(lists: pa.ListArray, k: int, dim: int) -> pa.ListArray:
+    """Rows of K vectors as the table's list of fixed-size vectors; any other count is refused."""
+    counts = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(lists)
+    sizes = pc.list_value_length(flat).to_numpy(zero_copy_only=False)
+    if lists.null_count or flat.null_count or (counts != k).any() or (sizes != dim).any():
+        raise ValueError(f"column {MULTIVECTOR!r}: every row needs {k} vectors of {dim} dimensions")
+    inner = pa.FixedSizeListArray.from_arrays(pc.list_flatten(flat).cast(pa.float32()), dim)
+    offsets = pa.array(np.arange(len(lists) + 1, dtype=np.int32) * k)
+    return pa.ListArray.from_arrays(offsets, inner)
 
 
 def _set_where(table: pa.Table, mask: pa.ChunkedArray, **values: str | None) -> pa.Table:

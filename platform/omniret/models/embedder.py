@@ -21,6 +21,7 @@ from omniret.models.backbone import Backbone, forward_hidden, load_backbone, mod
 from omniret.models.batching import plan_batches
 from omniret.models.encoding import Encoded
 from omniret.models.head import EmbeddingHead
+from omniret.models.multivector import token_states
 from omniret.models.pooling import matryoshka, normalize, pool
 from omniret.models.prompts import get_template
 from omniret.models.reasoned import ReasoningEncoder
@@ -41,10 +42,22 @@ class EmbeddingModel(nn.Module):
         self.pooling = pooling
         self.head = head
 
+    def hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, L, H) last hidden states: the head's when there is one."""
+        return self.head(self.model, batch) if self.head is not None else forward_hidden(self.model, batch)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.head(self.model, batch) if self.head is not None else forward_hidden(self.model, batch)
+        hidden = self.hidden(batch)
         pooled = pool(hidden, batch["attention_mask"].to(hidden.device), self.pooling)
         return normalize(pooled.float())
+
+    def multivector(self, batch: dict[str, torch.Tensor], k: int, source: str) -> torch.Tensor:
+        """(B, 1 + K, H) unit vectors of one forward pass: the pooled vector, then the K token
+        states of ``source`` (omniret.models.multivector)."""
+        hidden = self.hidden(batch)
+        mask = batch["attention_mask"].to(hidden.device)
+        fused = pool(hidden, mask, self.pooling).float()[:, None]
+        return normalize(torch.cat([fused, token_states(hidden, mask, k, source)], dim=1))
 
 
 class Embedder:
@@ -77,16 +90,20 @@ class Embedder:
 
     @torch.inference_mode()
     def encode(self, items: Sequence[Item | str], dimensions: int | None = None,
-               progress: bool | None = None) -> np.ndarray:
-        """Embed ``items`` -> float32 array (N, dimensions or H). Bad media raise MediaError."""
+               progress: bool | None = None, multivector: tuple[int, str] | None = None) -> np.ndarray:
+        """Embed ``items`` -> float32 array (N, dimensions or H), or (N, 1 + K, D) with ``multivector``
+        (see :meth:`encode_prepared`). Bad media raise MediaError."""
         encoded = self.prepare(items)
-        return self.encode_prepared(encoded, dimensions, progress)
+        return self.encode_prepared(encoded, dimensions, progress, multivector)
 
     @torch.inference_mode()
     def encode_prepared(self, encoded: list[Encoded], dimensions: int | None = None,
-                        progress: bool | None = None) -> np.ndarray:
+                        progress: bool | None = None, multivector: tuple[int, str] | None = None) -> np.ndarray:
+        """(N, D) vectors; with ``multivector`` = (K, source), (N, 1 + K, D): each item's pooled vector
+        followed by its K token states, all from one forward pass."""
         dimensions = dimensions if dimensions is not None else self.embed_cfg.dimensions
-        out = np.zeros((len(encoded), dimensions or self.dim), dtype=np.float32)
+        rows = () if multivector is None else (1 + multivector[0],)
+        out = np.zeros((len(encoded), *rows, dimensions or self.dim), dtype=np.float32)
         if not encoded:
             return out
         batches = plan_batches([len(e) for e in encoded], self.embed_cfg.batch_tokens,
@@ -94,8 +111,9 @@ class Embedder:
         show = self.embed_cfg.progress if progress is None else progress
         with tqdm(total=len(encoded), desc="embedding", unit="item", disable=not show or len(encoded) < 64) as bar:
             for indices in batches:
-                vectors = matryoshka(self.forward(self.encoder.collate([encoded[i] for i in indices])),
-                                     dimensions)
+                batch = self.encoder.collate([encoded[i] for i in indices])
+                vectors = self.forward(batch) if multivector is None else self.network.multivector(batch, *multivector)
+                vectors = matryoshka(vectors, dimensions)
                 out[indices] = vectors.cpu().numpy()
                 bar.update(len(indices))
         return out

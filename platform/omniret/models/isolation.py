@@ -29,10 +29,11 @@ def reason_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def embed_isolated(embedder: Any, makers: Sequence[Callable[[], Item]], dimensions: int | None = None
-                   ) -> tuple[np.ndarray, dict[int, Exception]]:
+def embed_isolated(embedder: Any, makers: Sequence[Callable[[], Item]], dimensions: int | None = None,
+                   multivector: tuple[int, str] | None = None) -> tuple[np.ndarray, dict[int, Exception]]:
     """Embed the items ``makers`` build; returns (N, D) vectors (zero rows for failures) and the
-    exception of each failed item by index.
+    exception of each failed item by index. With ``multivector`` = (K, source) the vectors are
+    (N, 1 + K, D), as :meth:`~omniret.models.embedder.Embedder.encode_prepared` gives them.
 
     ``embedder`` is an :class:`~omniret.models.embedder.Embedder`. Only ``Exception`` is caught: an
     interrupt or a dying process still stops the run.
@@ -48,11 +49,12 @@ def embed_isolated(embedder: Any, makers: Sequence[Callable[[], Item]], dimensio
             errors[i] = exc
     # The size encode_prepared returns: the asked Matryoshka size, the configured one, or the model's.
     dim = (dimensions if dimensions is not None else embedder.embed_cfg.dimensions) or embedder.dim
-    out = np.zeros((len(makers), dim), dtype=np.float32)
+    rows = () if multivector is None else (1 + multivector[0],)
+    out = np.zeros((len(makers), *rows, dim), dtype=np.float32)
     if not encoded:
         return out, errors
     try:
-        out[kept] = embedder.encode_prepared(encoded, dimensions, progress=False)
+        out[kept] = embedder.encode_prepared(encoded, dimensions, progress=False, multivector=multivector)
     except Exception as exc:
         if len(encoded) == 1:
             errors[kept[0]] = exc
@@ -61,7 +63,7 @@ def embed_isolated(embedder: Any, makers: Sequence[Callable[[], Item]], dimensio
                         reason_of(exc))
             for i, enc in zip(kept, encoded, strict=True):
                 try:
-                    out[i] = embedder.encode_prepared([enc], dimensions, progress=False)[0]
+                    out[i] = embedder.encode_prepared([enc], dimensions, progress=False, multivector=multivector)[0]
                 except Exception as one:
                     errors[i] = one
     for i, exc in sorted(errors.items()):

@@ -126,6 +126,8 @@ class SearchRequest(Strict):
     modality: list[Literal["image", "page", "video"]] | None = None
     source_prefix: str | None = None
     mode: Literal["vector", "hybrid"] = "vector"
+    multivector: bool = Field(False, description="MaxSim over the index's multivector column instead of the "
+                              "pooled vector (indexes ingested with index.multivector=tokens)")
     rerank: bool = False
     rerank_top_n: int | None = Field(None, ge=1)
     reasoning: ReasoningMode = reasoning_field()

@@ -71,7 +71,8 @@ class Backend(Protocol):
     rerank_model_id: str | None  # the reranker's (its own checkpoint); None: no reranker
     reasoner_model_id: str | None  # the reasoner's (omniret.reasoning.reasoner.reasoner_id); None: none deployed
 
-    async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0) -> Outcome: ...
+    async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0,
+                    multivector: tuple[int, str] | None = None) -> Outcome: ...
 
     async def rerank(self, query: Item, documents: list[Item], instruction: str | None,
                      cost: int = 0) -> Outcome: ...
@@ -94,18 +95,22 @@ def turns(costs: list[int], budget: int) -> list[list[int]]:
     return groups
 
 
-def embed_jobs(embedder, jobs: list[tuple[list[Item], int | None, int]], budget: int | None = None
-               ) -> list[Outcome]:
+def embed_jobs(embedder, jobs: list[tuple], budget: int | None = None) -> list[Outcome]:
     """Embed several requests' items together; one Outcome per request, whatever fails.
 
     Jobs are decoded and embedded in turns of at most ``budget`` source pixels (their ``cost``), so
     a dynamic batch never holds more decoded media than that. An exception while decoding one
     request fails that request; one in a merged forward pass is retried request by request, so only
-    the request that causes it fails.
+    the request that causes it fails. A job is (items, dimensions, cost) or (items, dimensions, cost,
+    multivector): jobs asking for (K, source) token states get (N, 1 + K, D) arrays and are embedded
+    apart from the others.
     """
     outcomes: list[Outcome | None] = [None] * len(jobs)
     groups = turns([job[2] for job in jobs], budget) if budget else [list(range(len(jobs)))]
+    spec = [job[3] if len(job) > 3 else None for job in jobs]
+    groups = [[j for j in g if spec[j] == s] for g in groups for s in dict.fromkeys(spec[j] for j in g)]
     for group in groups:
+        multivector = spec[group[0]]
         prepared, owners = [], []
         for j in group:
             try:
@@ -118,7 +123,7 @@ def embed_jobs(embedder, jobs: list[tuple[list[Item], int | None, int]], budget:
         if not prepared:
             continue
         try:
-            vectors = embedder.encode_prepared(prepared, progress=False)
+            vectors = embedder.encode_prepared(prepared, progress=False, multivector=multivector)
         except Exception as exc:
             if len(set(owners)) == 1:
                 outcomes[owners[0]] = Outcome.failed(exc, _first_name(jobs[owners[0]][0]))
@@ -126,7 +131,8 @@ def embed_jobs(embedder, jobs: list[tuple[list[Item], int | None, int]], budget:
             for j in sorted(set(owners)):  # find the request that breaks the batch
                 mine = [e for e, o in zip(prepared, owners, strict=True) if o == j]
                 try:
-                    outcomes[j] = _rows(embedder.encode_prepared(mine, progress=False), jobs[j][1])
+                    outcomes[j] = _rows(embedder.encode_prepared(mine, progress=False, multivector=multivector),
+                                        jobs[j][1])
                 except Exception as inner:
                     outcomes[j] = Outcome.failed(inner, _first_name(jobs[j][0]))
             continue
@@ -179,9 +185,10 @@ class LocalBackend:
         self.batch_pixels = batch_pixels
         self._lock = asyncio.Lock()  # one model call at a time, like one replica
 
-    async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0) -> Outcome:
+    async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0,
+                    multivector: tuple[int, str] | None = None) -> Outcome:
         async with self._lock:
-            return (await asyncio.to_thread(embed_jobs, self.embedder, [(items, dimensions, cost)],
+            return (await asyncio.to_thread(embed_jobs, self.embedder, [(items, dimensions, cost, multivector)],
                                             self.batch_pixels))[0]
 
     async def rerank(self, query: Item, documents: list[Item], instruction: str | None, cost: int = 0) -> Outcome:
@@ -239,8 +246,10 @@ class HandleBackend:
                 raise ServerError(f"the {what} is unavailable; retry shortly", 503) from None
             raise ServerError(f"the {what} failed; see the server log", 500) from None
 
-    async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0) -> Outcome:
-        return await self._call(self.embedder.embed.remote(items, dimensions, cost), "embedder", self.timeout_s)
+    async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0,
+                    multivector: tuple[int, str] | None = None) -> Outcome:
+        return await self._call(self.embedder.embed.remote(items, dimensions, cost, multivector), "embedder",
+                                self.timeout_s)
 
     async def rerank(self, query: Item, documents: list[Item], instruction: str | None, cost: int = 0) -> Outcome:
         return await self._call(self.reranker.rerank.remote(query, documents, instruction, cost), "reranker",

@@ -36,11 +36,12 @@ class EmbedderDeployment:
         return {"model_id": self.embedder.model_id,
                 "dim": self.embedder.embed_cfg.dimensions or self.embedder.dim}
 
-    async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0) -> Outcome:
-        return await self._batch((items, dimensions, cost))
+    async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0,
+                    multivector: tuple[int, str] | None = None) -> Outcome:
+        return await self._batch((items, dimensions, cost, multivector))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _batch(self, jobs: list[tuple[list[Item], int | None, int]]) -> list[Outcome]:
+    async def _batch(self, jobs: list[tuple]) -> list[Outcome]:
         outcomes = await asyncio.to_thread(embed_jobs, self.embedder, jobs, self.cfg.serve.max_batch_pixels)
         embedded = sum(len(o.values) for o in outcomes if o.values is not None)
         if embedded:  # Ray counters refuse increments of 0

@@ -134,6 +134,15 @@ def hit_json(hit: dict, rerank_score: float | None = None) -> dict:
     }
 
 
+def _multivector_spec(store: Any) -> tuple[int, str]:
+    from omniret.index.schema import MULTIVECTOR, multivector_of
+
+    spec = multivector_of(store.table.schema) if store.exists() else None
+    if spec is None:
+        raise InputError("multivector", f"the index has no {MULTIVECTOR!r} column (ingest with index.multivector=tokens)")
+    return spec
+
+
 def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
                on_request: Callable[[str, int], None] | None = None, ingestor: Any = None) -> FastAPI:
     """The HTTP application. ``store`` is an IndexStore (None: /search answers 503); ``ingestor``
@@ -265,12 +274,15 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
         with parser() as inputs:
             query = await asyncio.to_thread(search_item, request, inputs)
             written = await attach_reasoning(request.reasoning, texts, [query], backend, inputs.pixels)
-            vector = (await backend.embed([query], cfg.embed.dimensions, inputs.pixels)).unwrap()[0]
+            spec = await asyncio.to_thread(_multivector_spec, store) if request.multivector else None
+            vector = (await backend.embed([query], cfg.embed.dimensions, inputs.pixels, spec)).unwrap()[0]
+            # With a multivector query: the K token states, read out as the table's rows were.
+            vector, tokens = (vector, None) if spec is None else (None, vector[1:])
             depth = request.top_k
             if request.rerank:
                 depth = min(max(request.rerank_top_n or request.top_k, request.top_k), serve_cfg.rerank_candidates)
             hits = await asyncio.to_thread(
-                store.search, vector, request.text if request.mode == "hybrid" else None, k=depth,
+                store.search, vector, request.text if request.mode == "hybrid" else None, multivector=tokens, k=depth,
                 modality=request.modality, source_prefix=request.source_prefix, with_thumbnail=True)
             rerank_scores: list[float | None] = [None] * len(hits)
             if request.rerank and hits:
