@@ -157,9 +157,6 @@ class IngestConfig(Section):
         "checked as results arrive, i.e. after each writer batch.")
     ray_num_cpus: int | None = Field(
         None, ge=1, description="CPUs of a Ray instance started locally (None: the CPUs this process may use).")
-    ume_modes: list[Literal["disc", "gen", "auto"]] = Field(
-        default_factory=list, description="UME-R1 checkpoint: score each of these embedding modes and compare "
-        "them per task group with latency per item (empty: the ordinary embedder).")
 
 
 class IndexConfig(Section):
@@ -239,6 +236,9 @@ class EvalConfig(Section):
     batch_rows: int = Field(32, ge=1, description="Items per embedder actor call.")
     ray_num_cpus: int | None = Field(
         None, ge=1, description="CPUs of a Ray instance started locally (None: the CPUs this process may use).")
+    ume_modes: list[Literal["disc", "gen", "auto"]] = Field(
+        default_factory=list, description="UME-R1 checkpoint: score each of these embedding modes and compare "
+        "them per task group with latency per item (empty: the ordinary embedder).")
 
 
 class DeploymentConfig(Section):
