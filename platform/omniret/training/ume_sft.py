@@ -43,7 +43,7 @@ from omniret.models.encoding import Encoded
 from omniret.models.gen_tokens import add_embedding_tokens
 from omniret.models.generative import GenerativeEmbedder, UmeNetwork, pad_completions
 from omniret.training.gradcache import RngState, average_gradients, chunked
-from omniret.training.inputs import EncodeCache, training_side
+from omniret.training.inputs import EncodeCache, leave_out, training_side
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,7 @@ def encode_ume(pairs: Sequence[Pair], view: GenerativeEmbedder, max_target_token
                 encoded.append(_prompt(view, side, f"{name} {role}", cache))
                 cots.append(target_ids(view, side.reasoning, max_target_tokens))
         except (MediaError, OSError, ValueError) as exc:
-            out.dropped.append(f"{name}: {exc}")
-            log.warning("training pair %s left out of the step: %s", name, exc)
+            leave_out(out.dropped, name, exc)
             continue
         out.queries.append(encoded[0])
         out.targets.append(encoded[1])
