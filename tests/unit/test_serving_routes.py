@@ -146,6 +146,8 @@ def test_multivector_search_finds_an_indexed_image_first(setup, tmp_path):
     ({"input": ["a", "b", "c", "d", "e"]}, 413, "input"),
     ({"input": "x", "model": "other"}, 404, "model"),
     ({"input": "x", "dimensions": 100000}, 400, "dimensions"),
+    ({"input": "x", "mode": "disc", "reasoning": "provided", "reasoning_text": "y"}, 400, "reasoning"),
+    ({"input": "x", "mode": "gen"}, 400, "mode"),
 ])
 def test_malformed_requests_get_json_errors_naming_the_field(setup, payload, status, param):
     payload = _fill(payload, {"ROOT": str(setup["root"] / "media"), "VIDEO": str(setup["video"])})

@@ -105,6 +105,9 @@ class EmbeddingsRequest(Strict):
     user: str | None = None
     reasoning: ReasoningMode = reasoning_field()
     reasoning_text: str | list[str] | None = reasoning_text_field()
+    mode: Literal["disc", "gen", "auto"] | None = Field(
+        None, description="UME-R1 checkpoints only: disc (the <disc_emb> state, one pass), gen (reason, then the "
+        "generated <gen_emb> state) or auto (gen where the model wrote <gen_emb>, else disc); absent: as usual.")
 
 
 class RerankRequest(Strict):

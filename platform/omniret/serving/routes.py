@@ -45,6 +45,7 @@ from omniret.serving.api import (
 from omniret.serving.backend import Backend, ServerError
 from omniret.serving.ingestion import save_uploads
 from omniret.serving.reasoning import attach_reasoning, check_reasoning
+from omniret.serving.ume import check_mode
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,7 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
     @app.post("/v1/embeddings")
     async def embeddings(request: EmbeddingsRequest) -> dict:
         _check_model(request.model)
+        check_mode(backend, request.mode, request.reasoning)
         if request.dimensions is not None and request.dimensions > backend.dim:
             raise InputError("dimensions", f"at most {backend.dim}")
         count = len(request.input) if isinstance(request.input, list) else 1
@@ -236,7 +238,10 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
             # Decoding base64, probing headers and PDFs is blocking work: keep it off the event loop.
             items = await asyncio.to_thread(inputs.items, request.input, "input", instruction)
             written = await attach_reasoning(request.reasoning, texts, items, backend, inputs.pixels)
-            vectors = (await backend.embed(items, request.dimensions, inputs.pixels)).unwrap()
+            if request.mode is not None:  # UME-R1 modes (omniret.serving.ume)
+                vectors = (await backend.embed_mode(items, request.dimensions, request.mode, inputs.pixels)).unwrap()
+            else:
+                vectors = (await backend.embed(items, request.dimensions, inputs.pixels)).unwrap()
         tokens = sum(len((item.text or "").split()) for item in items)
         data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, request.encoding_format)}
                 for i, v in enumerate(vectors)]
