@@ -73,7 +73,10 @@ class RerankingModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = forward_hidden(self.model, batch)
-        last = last_token_pool(hidden, batch["attention_mask"].to(hidden.device))
+        return self.answer_logits(last_token_pool(hidden, batch["attention_mask"].to(hidden.device)))
+
+    def answer_logits(self, last: torch.Tensor) -> torch.Tensor:
+        """(N, H) last-layer states of answer positions -> (N,) float32 logit_yes - logit_no."""
         diff = last @ self.binary_head().to(last.dtype)
         bias = getattr(unwrap(self.model).lm_head, "bias", None)
         if bias is not None:
