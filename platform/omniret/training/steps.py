@@ -18,7 +18,8 @@ once its model is loaded (``build(worker)``):
 
 Objectives: ``contrastive`` (:class:`~omniret.training.loop.ContrastiveStep`: GradCache or a plain
 full-batch step over the registry's contrastive losses) and ``rerank``
-(:class:`~omniret.training.rerank.RerankStep`: yes/no cross-entropy of the reranker).
+(:class:`~omniret.training.rerank.RerankStep`: yes/no cross-entropy of the reranker) and ``rematch``
+(:class:`~omniret.training.rematch.ReMatchStep`: contrastive + orthogonality + multi-view matching).
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def build_step(worker) -> TrainStep:
         from omniret.training.rerank import RerankStep
 
         return RerankStep(worker)
+    if objective == "rematch":
+        from omniret.training.rematch import ReMatchStep
+
+        return ReMatchStep(worker)
     from omniret.training.loop import ContrastiveStep
 
     return ContrastiveStep(worker)
