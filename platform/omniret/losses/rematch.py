@@ -29,7 +29,7 @@ def orthogonality_loss(states: Tensor) -> Tensor:
     n, k, _ = states.shape
     if k < 2 or n == 0:
         return states.sum() * 0.0  # keeps the graph (and the device) for a uniform backward
-    unit = normalize(states.float())
+    unit = normalize(states.to(torch.promote_types(states.dtype, torch.float32)))  # fp32 at least
     gram = unit @ unit.transpose(1, 2)  # (N, K, K) cosines
     upper = torch.triu(torch.ones(k, k, dtype=torch.bool, device=states.device), diagonal=1)
     per_item = gram[:, upper].pow(2).sum(dim=1) * (2.0 / (k * (k - 1)))
