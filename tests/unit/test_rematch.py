@@ -14,8 +14,8 @@ from PIL import Image
 
 from omniret.config import load_config
 from omniret.items import Item
-from omniret.losses.rematch import ReMatchLoss, orthogonality_loss
 from omniret.losses.registry import build_loss
+from omniret.losses.rematch import ReMatchLoss, orthogonality_loss
 from omniret.models.backbone import core_model, load_backbone, model_tag
 from omniret.models.embedder import Embedder
 from omniret.models.matching import MatchingViews
@@ -186,20 +186,6 @@ def test_packed_views_score_as_sequential_views(backbone):
 # ---- training ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def text_pairs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("rematch-pairs")
-    shapes = ["circle", "square", "triangle", "star"]
-    with (folder / "colours.jsonl").open("w") as out:
-        for i in range(16):
-            shape = shapes[i % 4]
-            out.write(json.dumps({"id": f"p{i}", "dataset": "colours", "task": "image_retrieval",
-                                  "query": {"text": f"find the red {shape}"},
-                                  "positives": [{"text": f"a red {shape} on the left"}],
-                                  "negatives": [{"text": f"a blue {shape} on the left"}]}) + "\n")
-    return folder
-
-
 def _cfg(tiny_dirs, pairs, run_root, *overrides):
     return load_config(None, [
         f"model.path={tiny_dirs['qwen2_vl']}", f"data.train=[{pairs}]", f"train.output_dir={run_root}",
@@ -259,5 +245,5 @@ def test_configuration_errors_are_clear(tiny_dirs, text_pairs, tmp_path):
 
     with pytest.raises(ConfigError, match="gradcache=false"):
         _worker(_cfg(tiny_dirs, text_pairs, tmp_path, "train.gradcache=true"), tmp_path / "a")
-    with pytest.raises(ConfigError, match="model.rematch.tokens"):
+    with pytest.raises(ConfigError, match=r"model\.rematch\.tokens"):
         _worker(_cfg(tiny_dirs, text_pairs, tmp_path, "model.rematch.tokens=0", "train.name=b"), tmp_path / "b")

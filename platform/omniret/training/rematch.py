@@ -127,9 +127,10 @@ class ReMatchStep(ContrastiveStep):
         if self.cache is None:
             return make()
         key = "\x00".join(["rematch", *("Z" if isinstance(s, int) else s.key() for s in (query, document))])
-        view = self.cache.get(key, make)
-        # cached views of latent sides keep their slots; the latent indices are this step's
-        return View(view.encoded, [s for s in (query, document) if isinstance(s, int)], view.slots)
+        encoded = self.cache.get(key, lambda: make().encoded)
+        # a cached view's slots are where its slot tokens are; the latent indices are this step's
+        slots = [i for i, t in enumerate(encoded.input_ids) if t == self.matching.slot_id]
+        return View(encoded, [s for s in (query, document) if isinstance(s, int)], slots)
 
     # ---- step --------------------------------------------------------------------------------
     def run(self, inputs: ReMatchInputs, step: int) -> LossOutput:
