@@ -154,9 +154,11 @@ def test_tokens_save_and_load_round_trip(backbone, tiny_dirs, tmp_path):
                                          f"model.rematch.path={tmp_path / 'none'}"]).model)
 
 
-def test_packed_views_score_as_sequential_views(backbone):
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_packed_views_score_as_sequential_views(backbones, family):
     """Two samples' 8 views (raw and latent sides, one document with an image) in one packed row each
     against 16 rows: the same logits, and the same gradient into the latents and the model."""
+    backbone = backbones[family]
     views = MatchingViews(Reranker(backbone))
     q = Item(text="find the red circle")
     docs = [Item(text="a red circle", images=[Image.new("RGB", (60, 60), "red")]), Item(text="a blue square")]
@@ -200,6 +202,7 @@ def _worker(cfg, run_dir):
     return worker
 
 
+@pytest.mark.slow
 def test_packed_and_sequential_steps_give_the_same_loss(tiny_dirs, text_pairs, tmp_path):
     losses = {}
     for packed in (True, False):
@@ -218,6 +221,7 @@ def test_packed_and_sequential_steps_give_the_same_loss(tiny_dirs, text_pairs, t
     torch.testing.assert_close(losses[True][2], losses[False][2], atol=1e-5, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss_and_the_tokens_travel_with_the_checkpoint(tiny_dirs, text_pairs, tmp_path):
     cfg = _cfg(tiny_dirs, text_pairs, tmp_path, "train.max_steps=8", "train.batch_size=8")
     run_dir = tmp_path / "rm"
@@ -240,6 +244,7 @@ def test_a_few_steps_lower_the_loss_and_the_tokens_travel_with_the_checkpoint(ti
     np.testing.assert_allclose(Embedder(loaded).encode(["find the red star", "a blue circle"]), want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_configuration_errors_are_clear(tiny_dirs, text_pairs, tmp_path):
     from omniret.errors import ConfigError
 
