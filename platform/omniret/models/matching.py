@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from omniret.errors import MediaError
 from omniret.items import Item
 from omniret.models.backbone import forward_hidden, position_ids, unwrap
 from omniret.models.encoding import Encoded, Part, Visual
-from omniret.models.prompts import RERANK_HEAD, RERANK_TAIL, TEMPLATE, USER
+from omniret.models.prompts import TEMPLATE
 from omniret.models.rematch import substituted
-from omniret.models.reranker import Reranker, truncate_middle
+from omniret.models.reranker import DOCUMENT_LABEL, QUERY_LABEL, Reranker
 
 Side = Item | int  # an item, or the index of its latent vector
 
@@ -57,21 +56,14 @@ class MatchingViews:
     def _side(self, label: str, side: Side, name: str, first: int) -> tuple[list[Part], list[Visual], list[int]]:
         if isinstance(side, int):
             return [(TEMPLATE, label + self.slot_token)], [], [side]
-        parts, visuals = self.reranker._side(label, side, name, first)
+        parts, visuals = self.reranker.side_parts(label, side, name, first)
         return parts, visuals, []
 
     def encode(self, query: Side, document: Side, instruction: str | None, name: str = "view") -> View:
         """One view; with two items its ids equal :meth:`Reranker.encode_pair`'s."""
-        r = self.reranker
-        inst = instruction if instruction is not None else r.cfg.instruction
-        q_parts, q_vis, q_lat = self._side("<Query>:", query, f"{name} query", 0)
-        d_parts, d_vis, d_lat = self._side("\n<Document>:", document, f"{name} document", len(q_vis))
-        parts = [(TEMPLATE, f"{RERANK_HEAD}<Instruct>: "), (USER, inst), *q_parts, *d_parts, (TEMPLATE, RERANK_TAIL)]
-        ids = r.encoder.assemble(parts, q_vis + d_vis, name)
-        try:
-            ids = truncate_middle(ids, r.cfg.max_length, r.protected)
-        except ValueError as exc:
-            raise MediaError(name, f"{exc}; lower media budgets or raise rerank.max_length") from exc
+        q_parts, q_vis, q_lat = self._side(QUERY_LABEL, query, f"{name} query", 0)
+        d_parts, d_vis, d_lat = self._side(DOCUMENT_LABEL, document, f"{name} document", len(q_vis))
+        ids = self.reranker.prompt_ids(q_parts, d_parts, q_vis + d_vis, instruction, name)
         slots = [i for i, t in enumerate(ids) if t == self.slot_id]
         if len(slots) != len(q_lat) + len(d_lat):  # the template itself must not hold the pad token
             raise ValueError(f"{name}: {len(slots)} slot tokens for {len(q_lat) + len(d_lat)} latents")
