@@ -358,13 +358,14 @@ class TrainWorker:
         else:
             for param in model.parameters():
                 param.requires_grad_(True)
-        rematch = backbone.rematch
+        rematch = backbone.rematch if t.objective != "rerank" else None  # a reranker does not embed
         if rematch is None and model_cfg.rematch.tokens:  # ReMatch: K new learnable tokens (and their MLP)
             rematch = ReMatchTokens.create(model, model_cfg.rematch.tokens, model_cfg.rematch.mlp_hidden, t.seed)
         if rematch is not None:
             if t.mode == "head":
                 raise ValueError("train.mode=head trains a TTE_u head; ReMatch tokens train with lora or full")
-            backbone = dataclasses.replace(backbone, rematch=rematch.requires_grad_(True).to(self.device))
+            rematch = rematch.requires_grad_(True).to(self.device)
+        backbone = dataclasses.replace(backbone, rematch=rematch)
         if t.gradient_checkpointing:
             enable_checkpointing(model)
         model.to(self.device)
