@@ -202,7 +202,6 @@ def _worker(cfg, run_dir):
     return worker
 
 
-@pytest.mark.slow
 def test_packed_and_sequential_steps_give_the_same_loss(tiny_dirs, text_pairs, tmp_path):
     losses = {}
     for packed in (True, False):
@@ -244,7 +243,6 @@ def test_a_few_steps_lower_the_loss_and_the_tokens_travel_with_the_checkpoint(ti
     np.testing.assert_allclose(Embedder(loaded).encode(["find the red star", "a blue circle"]), want, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_configuration_errors_are_clear(tiny_dirs, text_pairs, tmp_path):
     from omniret.errors import ConfigError
 
