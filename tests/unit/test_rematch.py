@@ -250,3 +250,24 @@ def test_configuration_errors_are_clear(tiny_dirs, text_pairs, tmp_path):
         _worker(_cfg(tiny_dirs, text_pairs, tmp_path, "train.gradcache=true"), tmp_path / "a")
     with pytest.raises(ConfigError, match=r"model\.rematch\.tokens"):
         _worker(_cfg(tiny_dirs, text_pairs, tmp_path, "model.rematch.tokens=0", "train.name=b"), tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_lora_training_keeps_the_tokens_beside_the_adapter_through_resume_and_export(tiny_dirs, text_pairs, tmp_path):
+    from omniret.training import checkpoint as ckpt
+    from omniret.training.context import latest_checkpoint
+
+    cfg = _cfg(tiny_dirs, text_pairs, tmp_path, "train.mode=lora", "train.max_steps=4")
+    run_dir = tmp_path / "rm"
+    worker = _worker(cfg, run_dir)
+    assert worker.train_step() is not None
+    worker.save_checkpoint()
+    trained = worker.backbone.rematch.tokens.detach().clone()
+    checkpoint = latest_checkpoint(run_dir)
+    assert (checkpoint / "adapter_config.json").is_file() and saved_rematch(checkpoint) == checkpoint
+    resumed = _worker(cfg, run_dir)  # the same run folder: resumes from the checkpoint
+    assert resumed.step == 1 and resumed.backbone.rematch.tokens.requires_grad
+    torch.testing.assert_close(resumed.backbone.rematch.tokens.detach(), trained)
+    final = ckpt.export_final(checkpoint, tmp_path / "final")  # LoRA merged; the tokens go with it
+    loaded = load_backbone(load_config(None, [f"model.path={final}"]).model)
+    torch.testing.assert_close(loaded.rematch.tokens, trained)
