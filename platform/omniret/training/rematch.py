@@ -164,6 +164,10 @@ class ReMatchStep(ContrastiveStep):
 
     def metrics(self, inputs: ReMatchInputs, out: LossOutput) -> dict[str, float]:
         nan = float("nan")
-        return {**super().metrics(inputs.base, out), "qdm_in_batch_negatives": inputs.in_batch,
-                **{k: out.metrics.get(k, nan) for k in ("l_cl", "l_orth", "l_qdm", "p_yes_pos", "p_yes_neg")}}
+        row = {**super().metrics(inputs.base, out), "l_cl": out.metrics.get("l_cl", nan),
+               "l_orth": out.metrics.get("l_orth", nan)}
+        if self.cfg.model.rematch.qdm_weight:  # the matching columns only when there is a matching term
+            row.update(qdm_in_batch_negatives=inputs.in_batch,
+                       **{k: out.metrics.get(k, nan) for k in ("l_qdm", "p_yes_pos", "p_yes_neg")})
+        return row
 
