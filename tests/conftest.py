@@ -57,3 +57,20 @@ def ray_session():
 
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def text_pairs(tmp_path_factory):
+    """A tiny text fixture whose positives and negatives differ in content (red vs blue things)."""
+    import json
+
+    folder = tmp_path_factory.mktemp("rerank-pairs")
+    shapes = ["circle", "square", "triangle", "star"]
+    with (folder / "colours.jsonl").open("w") as out:
+        for i in range(32):
+            shape = shapes[i % 4]
+            out.write(json.dumps({"id": f"p{i}", "dataset": "colours", "task": "image_retrieval",
+                                  "query": {"text": f"find the red {shape}"},
+                                  "positives": [{"text": f"a red {shape} on the left"}],
+                                  "negatives": [{"text": f"a blue {shape} on the left"}]}) + "\n")
+    return folder

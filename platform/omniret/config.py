@@ -22,6 +22,21 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class RematchConfig(Section):
+    """ReMatch (METHODS §6): K learnable tokens give the embedding; train.objective=rematch trains them."""
+
+    tokens: int = Field(0, ge=0, le=1024, description="K learnable tokens appended to every input, created when "
+                        "training starts without saved ones (the paper: 16). 0: use the checkpoint's, if any.")
+    path: str | None = Field(None, description="Folder of saved tokens (omniret_rematch.json); None: the "
+                             "adapter's folder or the checkpoint's own, if any.")
+    mlp_hidden: int | None = Field(None, ge=1, description="Width of the MLP mapping E* back to the input "
+                                   "space (None: the hidden size).")
+    orth_weight: float = Field(0.5, ge=0, description="Weight of L_orth in L = L_cl + w_o L_orth + w_q L_qdm.")
+    qdm_weight: float = Field(0.1, ge=0, description="Weight of L_qdm (multi-view yes/no matching).")
+    packed: bool = Field(True, description="Each sample's 8 matching views in one sequence with a block attention "
+                         "mask (true), or as 8 rows of a batch (false); the loss is the same.")
+
+
 class ModelConfig(Section):
     """Which checkpoint to load and how to run it."""
 
@@ -49,6 +64,7 @@ class ModelConfig(Section):
         "(SAIL). auto: what the checkpoint recorded (omniret_embedding.json), else last.")
     max_length: int = Field(8192, ge=16, description="Token limit of one embedded item.")
     seed: int = 0
+    rematch: RematchConfig = Field(default_factory=RematchConfig, description="ReMatch learnable tokens.")
     reasoning: Literal["none", "query", "target", "both"] = Field(
         "none", description="Think-Then-Embed (TTE_t): render ECR after the input on the query side, the "
         "target side or both; texts come from `reasoning_from`.")
@@ -184,9 +200,10 @@ class IndexConfig(Section):
         "none", description="tokens: ingest also stores K vectors per item (column `multivector`) for "
         "MaxSim (late-interaction) search beside the pooled vector.")
     multivector_k: int = Field(8, ge=1, le=256, description="Vectors per item in the multivector column.")
-    multivector_source: Literal["segments", "last"] = Field(
+    multivector_source: Literal["segments", "last", "rematch"] = Field(
         "segments", description="How the K vectors are read from the last hidden states: means of K equal runs "
-        "of the input's positions, or the last K positions (omniret.models.multivector).")
+        "of the input's positions, the last K positions (omniret.models.multivector), or the K ReMatch token "
+        "states of a model with `model.rematch` tokens (K must equal their number).")
 
 
 class SyntheticConfig(Section):
@@ -335,12 +352,13 @@ class TrainConfig(Section):
     """Contrastive training on Ray Train: scale, what is trained, schedule, batching, checkpoints, evaluation."""
 
     name: str = Field("run", description="Run name: the folder under output_dir; running it again resumes it.")
-    objective: Literal["contrastive", "rerank", "merge", "ume_sft"] = Field(
+    objective: Literal["contrastive", "rerank", "merge", "ume_sft", "rematch"] = Field(
         "contrastive", description="contrastive: train the embedder (`model`); rerank: train the yes/no reranker "
         "(`rerank.model`) on the same pairs, `model` being the embedder that retrieves for its evaluation; "
         "merge (a recipe stage, no training): merge `merge.checkpoints` (default: the last two embedder "
         "stages' outputs) into this stage's final/ and evaluate it; ume_sft: UME-R1's SFT of `model` (disc + gen "
-        "contrastive + next-token loss on teacher CoT, section `ume`).")
+        "contrastive + next-token loss on teacher CoT, section `ume`); rematch: ReMatch's L_cl + L_orth + L_qdm "
+        "(model.rematch).")
     output_dir: str = Field(".omniret/runs", description="Where runs live (shared storage on multi-node).")
     init_from: str | None = Field(
         None, description="Start from a previous stage: its run folder (final/ is used) or a checkpoint folder.")

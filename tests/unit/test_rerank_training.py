@@ -22,23 +22,6 @@ def bench(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def text_pairs(tmp_path_factory):
-    """A tiny text fixture whose positives and negatives differ in content (red vs blue things)."""
-    import json
-
-    folder = tmp_path_factory.mktemp("rerank-pairs")
-    shapes = ["circle", "square", "triangle", "star"]
-    with (folder / "colours.jsonl").open("w") as out:
-        for i in range(32):
-            shape = shapes[i % 4]
-            out.write(json.dumps({"id": f"p{i}", "dataset": "colours", "task": "image_retrieval",
-                                  "query": {"text": f"find the red {shape}"},
-                                  "positives": [{"text": f"a red {shape} on the left"}],
-                                  "negatives": [{"text": f"a blue {shape} on the left"}]}) + "\n")
-    return folder
-
-
 def _cfg(tiny_dirs, bench, run_root, *overrides):
     return load_config(None, [
         f"model.path={tiny_dirs['qwen2_vl']}", f"rerank.model.path={tiny_dirs['qwen2_vl']}",

@@ -20,6 +20,7 @@ from omniret.config import ModelConfig
 from omniret.models.families import Family, detect_family
 from omniret.models.head import EmbeddingHead, load_head, saved_head
 from omniret.models.pooling import saved_pooling
+from omniret.models.rematch import ReMatchTokens, load_rematch, saved_rematch
 from omniret.models.tiny import ensure_tiny_model
 from omniret.models.vision import VisionSpec
 
@@ -67,6 +68,8 @@ def model_tag(cfg: ModelConfig, dimensions: int | None = None) -> str:
         tag += "+" + Path(cfg.adapter).name
     if cfg.head:
         tag += "+" + Path(cfg.head).name
+    if cfg.rematch.path:
+        tag += "+" + Path(cfg.rematch.path).name
     if dimensions:
         tag += f"@{dimensions}"
     return tag
@@ -85,6 +88,7 @@ class Backbone:
     dtype: torch.dtype
     pooling: str = "last"  # embedding read-out (omniret.models.pooling)
     head: EmbeddingHead | None = None  # TTE_u embedding head (omniret.models.head), if the checkpoint has one
+    rematch: ReMatchTokens | None = None  # ReMatch learnable tokens (omniret.models.rematch), if it has them
 
     @property
     def core(self) -> nn.Module:
@@ -132,8 +136,11 @@ def forward_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
             batch[key] = batch[key].to(param.dtype)
     kwargs = {k: batch[k] for k in ("pixel_values", "image_grid_thw", "pixel_values_videos",
                                     "video_grid_thw", "mm_token_type_ids") if k in batch}
+    # A batch may bring its own position ids (packed sequences, omniret.models.rematch): then its
+    # attention mask is the 4-D mask that goes with them.
+    positions = batch["position_ids"] if "position_ids" in batch else position_ids(model, batch)
     out = core_model(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            position_ids=position_ids(model, batch), use_cache=False, **kwargs)
+                            position_ids=positions, use_cache=False, **kwargs)
     return out.last_hidden_state
 
 
@@ -159,7 +166,24 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
         raise FileNotFoundError(f"model.head {cfg.head} holds no embedding head (omniret_head.json)")
     head_dir = saved_head(cfg.head, path)
     head = load_head(head_dir, model).eval() if head_dir is not None else None
-    return Backbone(model, tokenizer, family, VisionSpec.from_pretrained(path), path, device, dtype, pooling, head)
+    rematch = _rematch(cfg, path, model)
+    if head is not None and rematch is not None:
+        raise ValueError(f"{path}: an embedding head and ReMatch tokens are two read-outs; use one")
+    return Backbone(model, tokenizer, family, VisionSpec.from_pretrained(path), path, device, dtype, pooling, head,
+                    rematch)
+
+
+def _rematch(cfg: ModelConfig, path: Path, model: nn.Module) -> ReMatchTokens | None:
+    """Saved ReMatch tokens: ``model.rematch.path``, else the adapter's folder, else the checkpoint's."""
+    if cfg.rematch.path and saved_rematch(cfg.rematch.path) is None:
+        raise FileNotFoundError(f"model.rematch.path {cfg.rematch.path} holds no ReMatch tokens (omniret_rematch.json)")
+    folder = saved_rematch(cfg.rematch.path, cfg.adapter, path)
+    if folder is None:
+        return None
+    tokens = load_rematch(folder, model)
+    if cfg.rematch.tokens and cfg.rematch.tokens != tokens.k:
+        raise ValueError(f"model.rematch.tokens={cfg.rematch.tokens} but {folder} holds {tokens.k} ReMatch tokens")
+    return tokens.eval()
 
 
 def _family(name: str) -> Family:

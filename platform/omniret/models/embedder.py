@@ -2,6 +2,8 @@
 
 ``encode`` is the inference entry point (token-budget batches, progress bar, numpy out);
 ``forward`` is the differentiable path that training (GradCache) calls on a collated batch.
+A model with ReMatch tokens (omniret.models.rematch) embeds as E*, the mean of the K token states;
+``embed_multi`` returns the K states themselves (N, K, D), each L2-normalised, for multi-vector indexes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from omniret.models.multivector import token_states
 from omniret.models.pooling import matryoshka, normalize, pool
 from omniret.models.prompts import get_template
 from omniret.models.reasoned import ReasoningEncoder
+from omniret.models.rematch import ReMatchTokens
 
 log = logging.getLogger(__name__)
 
@@ -33,27 +36,45 @@ class EmbeddingModel(nn.Module):
     """``nn.Module`` view of the embedding computation, so DDP and GradCache can wrap and drive it.
 
     forward(collated batch) -> (B, H) unit vectors: ``pooling`` (last token or mean) of the last hidden states,
-    those of the TTE_u embedding ``head`` when there is one (omniret.models.head).
+    those of the TTE_u embedding ``head`` when there is one (omniret.models.head); with ReMatch tokens
+    (``rematch``) the normalised mean of their K last-layer states instead (``pooling`` does not apply).
     """
 
-    def __init__(self, model: nn.Module, pooling: str = "last", head: EmbeddingHead | None = None):
+    def __init__(self, model: nn.Module, pooling: str = "last", head: EmbeddingHead | None = None,
+                 rematch: ReMatchTokens | None = None):
         super().__init__()
+        if head is not None and rematch is not None:
+            raise ValueError("an embedding head and ReMatch tokens are two read-outs; use one")
         self.model = model
         self.pooling = pooling
         self.head = head
+        self.rematch = rematch
+
+    def token_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, K, H) unnormalised last-layer states of the ReMatch tokens."""
+        if self.rematch is None:
+            raise ValueError("this model has no ReMatch tokens: it embeds one vector per item")
+        return self.rematch.states(self.model, batch)
 
     def hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, L, H) last hidden states: the head's when there is one."""
         return self.head(self.model, batch) if self.head is not None else forward_hidden(self.model, batch)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.rematch is not None:
+            return normalize(ReMatchTokens.fuse(self.token_states(batch).float()))
         hidden = self.hidden(batch)
         pooled = pool(hidden, batch["attention_mask"].to(hidden.device), self.pooling)
         return normalize(pooled.float())
 
     def multivector(self, batch: dict[str, torch.Tensor], k: int, source: str) -> torch.Tensor:
         """(B, 1 + K, H) unit vectors of one forward pass: the pooled vector, then the K token
-        states of ``source`` (omniret.models.multivector)."""
+        states of ``source`` (omniret.models.multivector); ``rematch``: E* and ReMatch's K token states."""
+        if source == "rematch":
+            states = self.token_states(batch).float()
+            if states.shape[1] != k:
+                raise ValueError(f"index.multivector_k is {k} but the model has {states.shape[1]} ReMatch tokens")
+            return normalize(torch.cat([ReMatchTokens.fuse(states)[:, None], states], dim=1))
         hidden = self.hidden(batch)
         mask = batch["attention_mask"].to(hidden.device)
         fused = pool(hidden, mask, self.pooling).float()[:, None]
@@ -70,7 +91,7 @@ class Embedder:
         self.template = get_template(template)
         self.encoder = ReasoningEncoder(backbone.tokenizer, backbone.family, backbone.spec, media or MediaConfig(),
                                         self.template, max_length)
-        self.network = EmbeddingModel(backbone.model, backbone.pooling, backbone.head)
+        self.network = EmbeddingModel(backbone.model, backbone.pooling, backbone.head, backbone.rematch)
 
     @classmethod
     def from_config(cls, cfg: OmniretConfig) -> Embedder:
@@ -84,6 +105,11 @@ class Embedder:
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Collated batch -> (B, H) unit vectors, with gradients (training path)."""
         return self.network(batch)
+
+    @property
+    def multi_vectors(self) -> int | None:
+        """K, the vectors per item ``embed_multi`` returns; None when the model has no ReMatch tokens."""
+        return self.backbone.rematch.k if self.backbone.rematch is not None else None
 
     def prepare(self, items: Sequence[Item | str]) -> list[Encoded]:
         return [self.encoder.encode(as_item(item), i) for i, item in enumerate(items)]
@@ -115,6 +141,30 @@ class Embedder:
                 vectors = self.forward(batch) if multivector is None else self.network.multivector(batch, *multivector)
                 vectors = matryoshka(vectors, dimensions)
                 out[indices] = vectors.cpu().numpy()
+                bar.update(len(indices))
+        return out
+
+    @torch.inference_mode()
+    def embed_multi(self, items: Sequence[Item | str], dimensions: int | None = None,
+                    progress: bool | None = None) -> np.ndarray:
+        """The K ReMatch token states of each item -> float32 array (N, K, dimensions or H), each state
+        L2-normalised (then Matryoshka-truncated and renormalised when ``dimensions`` is set). ``encode``
+        returns the normalised mean of the states before their normalisation (E*). A model without ReMatch tokens raises ValueError; bad media MediaError.
+        """
+        k = self.multi_vectors
+        if k is None:
+            raise ValueError(f"{self.model_id} has no ReMatch tokens (model.rematch): it embeds one vector per "
+                             "item; use encode")
+        dimensions = dimensions if dimensions is not None else self.embed_cfg.dimensions
+        encoded = self.prepare(items)
+        out = np.zeros((len(encoded), k, dimensions or self.dim), dtype=np.float32)
+        show = self.embed_cfg.progress if progress is None else progress
+        batches = plan_batches([len(e) + k for e in encoded], self.embed_cfg.batch_tokens,
+                               self.embed_cfg.max_batch_size) if encoded else []
+        with tqdm(total=len(encoded), desc="embedding", unit="item", disable=not show or len(encoded) < 64) as bar:
+            for indices in batches:
+                states = self.network.token_states(self.encoder.collate([encoded[i] for i in indices]))
+                out[indices] = matryoshka(normalize(states.float()), dimensions).cpu().numpy()
                 bar.update(len(indices))
         return out
 

@@ -13,6 +13,9 @@ by one of two read-outs (none of the papers defines one; ``index.multivector_sou
   the template's own closing tokens, which under causal attention have seen the whole input; the
   last one is the last-token pooled embedding itself.
 
+A model with ReMatch tokens (``model.rematch``) can give its own K states instead (``rematch``:
+``EmbeddingModel.multivector``), with E*, their mean, as the pooled vector.
+
 An input shorter than K positions repeats positions (a segment of one token, or the first token),
 so every item has exactly K vectors. Each vector is L2-normalised (and Matryoshka-truncated with
 the fused vector), so cosine is a dot product.

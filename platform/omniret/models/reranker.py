@@ -28,6 +28,7 @@ from omniret.models.pooling import last_token_pool
 from omniret.models.prompts import RERANK_HEAD, RERANK_TAIL, TEMPLATE, USER, VISUAL, get_template
 
 TAIL_KEEP = 5  # "<|im_end|>", "\n", "<|im_start|>", "assistant", "\n"
+QUERY_LABEL, DOCUMENT_LABEL = "<Query>:", "\n<Document>:"  # what precedes each side of a pair
 
 
 def truncate_middle(ids: list[int], max_length: int, protected: set[int], tail_keep: int = TAIL_KEEP) -> list[int]:
@@ -73,7 +74,10 @@ class RerankingModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = forward_hidden(self.model, batch)
-        last = last_token_pool(hidden, batch["attention_mask"].to(hidden.device))
+        return self.answer_logits(last_token_pool(hidden, batch["attention_mask"].to(hidden.device)))
+
+    def answer_logits(self, last: torch.Tensor) -> torch.Tensor:
+        """(N, H) last-layer states of answer positions -> (N,) float32 logit_yes - logit_no."""
         diff = last @ self.binary_head().to(last.dtype)
         bias = getattr(unwrap(self.model).lm_head, "bias", None)
         if bias is not None:
@@ -105,7 +109,7 @@ class Reranker:
         """(H,) weight of the collapsed head: W_lm[yes] - W_lm[no]."""
         return self.network.binary_head()
 
-    def _side(self, label: str, item: Item, name: str, first: int) -> tuple[list[Part], list[Visual]]:
+    def side_parts(self, label: str, item: Item, name: str, first: int) -> tuple[list[Part], list[Visual]]:
         """Decode one side of a pair once: its prompt parts (visual indices from ``first``) and visuals."""
         visuals, text = self.encoder.visuals_and_text(item, name)
         parts: list[Part] = [(TEMPLATE, label)]
@@ -113,25 +117,29 @@ class Reranker:
         parts.append((USER, text))
         return parts, visuals
 
+    def prompt_ids(self, q_parts: list[Part], d_parts: list[Part], visuals: list[Visual], instruction: str | None,
+                   name: str) -> list[int]:
+        """Ids of the yes/no prompt around a query's and a document's parts, truncated to ``max_length``."""
+        inst = instruction if instruction is not None else self.cfg.instruction
+        parts = [(TEMPLATE, f"{RERANK_HEAD}<Instruct>: "), (USER, inst), *q_parts, *d_parts, (TEMPLATE, RERANK_TAIL)]
+        ids = self.encoder.assemble(parts, visuals, name)
+        try:
+            return truncate_middle(ids, self.cfg.max_length, self.protected)
+        except ValueError as exc:
+            raise MediaError(name, f"{exc}; lower media budgets or raise rerank.max_length") from exc
+
     def encode_pair(self, query: Item, document: Item, instruction: str | None, index: int = 0) -> Encoded:
         return self._pairs(query, [document], instruction, start=index)[0]
 
     def _pairs(self, query: Item, documents: Sequence[Item], instruction: str | None, start: int = 0
                ) -> list[Encoded]:
         """Encode (query, document) pairs; the query's media are decoded once for all documents."""
-        q_parts, q_vis = self._side("<Query>:", query, query.name or "query", 0)
-        inst = instruction if instruction is not None else self.cfg.instruction
-        head: list[Part] = [(TEMPLATE, f"{RERANK_HEAD}<Instruct>: "), (USER, inst), *q_parts]
+        q_parts, q_vis = self.side_parts(QUERY_LABEL, query, query.name or "query", 0)
         pairs = []
         for i, document in enumerate(documents, start):
-            d_parts, d_vis = self._side("\n<Document>:", document, document.name or f"document {i}", len(q_vis))
+            d_parts, d_vis = self.side_parts(DOCUMENT_LABEL, document, document.name or f"document {i}", len(q_vis))
             visuals = q_vis + d_vis
-            ids = self.encoder.assemble([*head, *d_parts, (TEMPLATE, RERANK_TAIL)], visuals, f"pair {i}")
-            try:
-                ids = truncate_middle(ids, self.cfg.max_length, self.protected)
-            except ValueError as exc:
-                raise MediaError(f"pair {i}", f"{exc}; lower media budgets or raise rerank.max_length") from exc
-            pairs.append(Encoded(ids, visuals))
+            pairs.append(Encoded(self.prompt_ids(q_parts, d_parts, visuals, instruction, f"pair {i}"), visuals))
         return pairs
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -41,6 +41,7 @@ from omniret.models.adapters import SIDE_FILES
 from omniret.models.backbone import unwrap
 from omniret.models.head import HEAD_CONFIG, HEAD_WEIGHTS, EmbeddingHead
 from omniret.models.pooling import POOLING_FILE
+from omniret.models.rematch import REMATCH_CONFIG, REMATCH_WEIGHTS
 from omniret.progress import duration
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,9 @@ def export_final(checkpoint: str | Path, out: str | Path) -> Path:
         merged.save_pretrained(tmp, safe_serialization=True)
         copy_side_files(checkpoint, tmp)  # the checkpoint's own records (pooling) before the base's
         copy_side_files(base, tmp)
+        for name in (REMATCH_WEIGHTS, REMATCH_CONFIG):  # ReMatch tokens trained with the adapter
+            if (checkpoint / name).is_file():
+                shutil.copy2(checkpoint / name, tmp / name)
         shutil.copytree(checkpoint, tmp / "adapter", ignore=shutil.ignore_patterns(STATE_DIR))
     elif info["mode"] == "head":  # the unchanged base, with this head (and its pooling record) beside it
         shutil.copytree(Path(info["base"]), tmp, ignore=shutil.ignore_patterns(STATE_DIR))

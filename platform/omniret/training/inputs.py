@@ -47,6 +47,7 @@ class StepInputs:
     # one entry per query when every kept pair has scores, so it stacks to the loss's (B, 1 + K).
     teacher_scores: list[list[float]] = field(default_factory=list)
     filled: int = 0  # negative slots filled from other pairs of the shard (pairs short of K negatives)
+    kept: list[int] = field(default_factory=list)  # index in the encoded pairs of each row
 
     @property
     def rows(self) -> int:
@@ -168,6 +169,7 @@ def encode_pairs(pairs: Sequence[Pair], encoder: InputEncoder, negatives: int = 
         except (MediaError, OSError, ValueError) as exc:
             leave_out(out.dropped, name, exc)
             continue
+        out.kept.append(len(out.kept) + len(out.dropped))
         out.queries.append(encoded[0])
         out.targets.append(encoded[1])
         out.negatives += encoded[2:]

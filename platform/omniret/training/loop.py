@@ -51,6 +51,7 @@ from omniret.models.backbone import Backbone, checkpoint_path, load_backbone, un
 from omniret.models.embedder import Embedder, EmbeddingModel
 from omniret.models.head import EmbeddingHead
 from omniret.models.pooling import save_pooling
+from omniret.models.rematch import ReMatchTokens, saved_rematch
 from omniret.progress import Pace
 from omniret.reasoning.attach import attach_to_pairs
 from omniret.training import checkpoint as ckpt
@@ -185,7 +186,7 @@ class ContrastiveStep:
                                  cfg.model.template, cfg.model.max_length)
         self.encoder = self.embedder.encoder
         self.net = worker.ctx.prepare_model(EmbeddingModel(worker.model, worker.backbone.pooling,
-                                                           worker.backbone.head))
+                                                           worker.backbone.head, worker.backbone.rematch))
         self.loss = build_training_loss(cfg, worker.total_steps).to(self.device)
         self.gradcache = GradCache(self.net, self.loss, self.encoder.collate, t.query_chunk_size,
                                    t.target_chunk_size, self.autocast)
@@ -330,6 +331,8 @@ class TrainWorker:
                                  "(a stage's final/ folder) and give it as model.path")
             if resume is not None:
                 model_cfg.head = str(resume)  # the head trained so far (the backbone is unchanged)
+        if resume is not None and saved_rematch(resume) is not None:  # the ReMatch tokens trained so far
+            model_cfg.rematch = model_cfg.rematch.model_copy(update={"path": str(resume)})
         adapter, model_cfg.adapter = model_cfg.adapter, None
         base_dir = checkpoint_path(model_cfg).resolve()
         if t.mode == "full" and resume is not None:
@@ -355,6 +358,14 @@ class TrainWorker:
         else:
             for param in model.parameters():
                 param.requires_grad_(True)
+        rematch = backbone.rematch if t.objective != "rerank" else None  # a reranker does not embed
+        if rematch is None and model_cfg.rematch.tokens:  # ReMatch: K new learnable tokens (and their MLP)
+            rematch = ReMatchTokens.create(model, model_cfg.rematch.tokens, model_cfg.rematch.mlp_hidden, t.seed)
+        if rematch is not None:
+            if t.mode == "head":
+                raise ValueError("train.mode=head trains a TTE_u head; ReMatch tokens train with lora or full")
+            rematch = rematch.requires_grad_(True).to(self.device)
+        backbone = dataclasses.replace(backbone, rematch=rematch)
         if t.gradient_checkpointing:
             enable_checkpointing(model)
         model.to(self.device)
@@ -472,6 +483,8 @@ class TrainWorker:
                 save_pooling(folder, self.backbone.pooling)  # the checkpoint embeds as it was trained
                 if hasattr(self.objective, "save_files"):  # files of the objective's own (a grown tokenizer)
                     self.objective.save_files(folder)
+                if self.backbone.rematch is not None:
+                    self.backbone.rematch.save(folder)
                 state = {"step": self.step, "total_steps": self.total_steps, "sampler": self.sampler.state_dict(),
                          "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))}}
                 info = {"mode": self.cfg.train.mode, "base": str(self.base_dir), "step": self.step,

@@ -18,8 +18,9 @@ once its model is loaded (``build(worker)``):
 
 Objectives: ``contrastive`` (:class:`~omniret.training.loop.ContrastiveStep`: GradCache or a plain
 full-batch step over the registry's contrastive losses) and ``rerank``
-(:class:`~omniret.training.rerank.RerankStep`: yes/no cross-entropy of the reranker) and ``ume_sft``
-(:class:`~omniret.training.ume_sft.UmeSftStep`: UME-R1's SFT of a generative embedder).
+(:class:`~omniret.training.rerank.RerankStep`: yes/no cross-entropy of the reranker), ``ume_sft``
+(:class:`~omniret.training.ume_sft.UmeSftStep`: UME-R1's SFT of a generative embedder) and ``rematch``
+(:class:`~omniret.training.rematch.ReMatchStep`: contrastive + orthogonality + multi-view matching).
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def build_step(worker) -> TrainStep:
         from omniret.training.ume_sft import UmeSftStep
 
         return UmeSftStep(worker)
+    if objective == "rematch":
+        from omniret.training.rematch import ReMatchStep
+
+        return ReMatchStep(worker)
     from omniret.training.loop import ContrastiveStep
 
     return ContrastiveStep(worker)
