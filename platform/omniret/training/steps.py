@@ -18,7 +18,9 @@ once its model is loaded (``build(worker)``):
 
 Objectives: ``contrastive`` (:class:`~omniret.training.loop.ContrastiveStep`: GradCache or a plain
 full-batch step over the registry's contrastive losses) and ``rerank``
-(:class:`~omniret.training.rerank.RerankStep`: yes/no cross-entropy of the reranker).
+(:class:`~omniret.training.rerank.RerankStep`: yes/no cross-entropy of the reranker) and ``reason_sft``
+(:class:`~omniret.training.reason_sft.ReasonSftStep`: next-token NLL of a reasoner on stored ECR; it has
+no retrieval evaluation: the worker skips evaluating it).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def build_step(worker) -> TrainStep:
         from omniret.training.rerank import RerankStep
 
         return RerankStep(worker)
+    if objective == "reason_sft":
+        from omniret.training.reason_sft import ReasonSftStep
+
+        return ReasonSftStep(worker)
     from omniret.training.loop import ContrastiveStep
 
     return ContrastiveStep(worker)
