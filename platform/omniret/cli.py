@@ -133,6 +133,14 @@ def cmd_reason(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     return 0
 
 
+def cmd_reason_facts(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.reasoning.facts import compare
+
+    report = compare(args.teacher, args.student, args.teacher_reasoner, args.student_reasoner, args.roles)
+    print("\n".join(report.lines()))
+    return 0
+
+
 def cmd_balance(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     import yaml
 
@@ -317,6 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", action="store_true", help="generated benchmark only: write teacher traces from "
                    "the generator's scene notes instead of running a reasoner")
     _add_config_args(p)
+
+    p = add("reason-facts", cmd_reason_facts, "fact recall: the share of a teacher's ECR facts (colours, shapes, "
+            "counts, positions, motion) that another reasoner's ECR states, matched by content and template")
+    p.add_argument("--teacher", type=Path, required=True, help="the teacher's ECR folder or file")
+    p.add_argument("--student", type=Path, required=True, help="the student's ECR folder or file")
+    p.add_argument("--teacher-reasoner", help="only the teacher's records of this reasoner id")
+    p.add_argument("--student-reasoner", help="only the student's records of this reasoner id")
+    p.add_argument("--roles", nargs="+", default=["query", "target"], choices=["query", "target"],
+                   help="records of these sides")
+    p.set_defaults(config=None, overrides=[])  # reads ECR files only: no configuration
 
     p = add("balance", cmd_balance, "sampling weights of the training groups from their embedding similarity "
             "to the evaluation sets (k-means + Sinkhorn + softmax)")
