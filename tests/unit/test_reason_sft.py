@@ -140,3 +140,23 @@ def test_step_loss_equals_a_float64_reference_and_steps_lower_it(tiny_dirs, sft_
     assert all(r is not None and math.isfinite(r["loss"]) for r in rows)
     after = _reference_nll(worker.model, probe.examples)
     assert after < before - 0.5, (before, after)
+
+
+def test_bad_settings_are_clear_errors(tiny_dirs, sft_data, tmp_path):
+    from pathlib import Path
+
+    from omniret.errors import ConfigError
+    from omniret.training.recipe import rebase
+    from omniret.training.trainer import resolve
+
+    with pytest.raises(ConfigError, match=r"reason\.sft_from"):
+        TrainWorker(_cfg(tiny_dirs, sft_data, tmp_path, "reason.sft_from=[]"), LocalContext(tmp_path / "a"),
+                    tmp_path / "a").setup()
+    with pytest.raises(ConfigError, match="no ECR record of reasoner 'nobody'"):
+        TrainWorker(_cfg(tiny_dirs, sft_data, tmp_path, "reason.sft_reasoner=nobody"), LocalContext(tmp_path / "b"),
+                    tmp_path / "b").setup()
+    with pytest.raises(ConfigError, match=r"not train\.init_from"):
+        resolve(_cfg(tiny_dirs, sft_data, tmp_path, f"train.init_from={tmp_path}"))
+    # a recipe's relative reasoner paths follow its root like the embedder's
+    out = rebase(load_config(None, ["reason.model.path=m", "reason.sft_from=[t]"]), Path("/r"))
+    assert (out.reason.model.path, out.reason.sft_from) == ("/r/m", ["/r/t"])
