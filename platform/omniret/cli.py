@@ -138,6 +138,9 @@ def cmd_reason_facts(args: argparse.Namespace, cfg: OmniretConfig) -> int:
 
     report = compare(args.teacher, args.student, args.teacher_reasoner, args.student_reasoner, args.roles)
     print("\n".join(report.lines()))
+    if args.baseline:
+        print("baseline, the teacher's most frequent ECR of each template for every item:")
+        print("\n".join(compare(args.teacher, None, args.teacher_reasoner, roles=args.roles).lines()))
     return 0
 
 
@@ -334,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-reasoner", help="only the student's records of this reasoner id")
     p.add_argument("--roles", nargs="+", default=["query", "target"], choices=["query", "target"],
                    help="records of these sides")
+    p.add_argument("--baseline", action="store_true", help="also the recall of a reasoner that ignores its input "
+                   "(the teacher's most frequent ECR of each template)")
     p.set_defaults(config=None, overrides=[])  # reads ECR files only: no configuration
 
     p = add("balance", cmd_balance, "sampling weights of the training groups from their embedding similarity "

@@ -63,3 +63,8 @@ def test_compare_matches_records_by_content_and_template(tmp_path):
     assert report.complete == 0.5 and report.closed == 0.5
     assert report.by_template["retrieval"]["items"] == 2
     assert compare(tmp_path / "t", tmp_path / "s", student_reasoner="other").items == 0
+    # the baseline that ignores its input: every item gets its template's most frequent teacher text (ties:
+    # the first), here TEACHER for retrieval and "The text says: hello." for qa
+    base = compare(tmp_path / "t", None)
+    assert (base.items, base.missing) == (3, 0)
+    assert base.recall == pytest.approx((1.0 + 1 / 2 + 0.0) / 3) and base.summary_recall == pytest.approx(0.5)

@@ -19,7 +19,7 @@ covers what a scene shows, not free text (our definition; Think-Then-Embed repor
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import Any
 
 from omniret.data.synthetic.scenes import COLOR_NAMES, COUNT_WORDS, PLURALS, POSITION_NAMES
 from omniret.media.synth import DIRECTIONS, SHAPES
+from omniret.reasoning.ecr import parse_ecr
 from omniret.reasoning.store import ECR_FILE, read_records
 
 Fact = tuple[str, Any]
@@ -105,12 +106,24 @@ def _records(path: str | Path, reasoner: str | None) -> dict[tuple[str, str], di
     return out
 
 
-def compare(teacher: str | Path, student: str | Path, teacher_reasoner: str | None = None,
+def majority(teacher: dict[tuple[str, str], dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """A baseline student: for every item, the teacher's most frequent ECR of the item's template
+    (what a reasoner that ignores its input does best), ties broken by first occurrence."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for (_, template), record in teacher.items():
+        counts[template][record["text"]] += 1
+    best = {template: c.most_common(1)[0][0] for template, c in counts.items()}
+    return {key: {"text": best[key[1]], "summary": parse_ecr("", best[key[1]], hit_limit=False, new_tokens=0).summary,
+                  "closed": True} for key in teacher}
+
+
+def compare(teacher: str | Path, student: str | Path | None, teacher_reasoner: str | None = None,
             student_reasoner: str | None = None, roles: Iterable[str] = ("query", "target")) -> RecallReport:
-    """Fact recall of ``student``'s ECR (file or folder) against ``teacher``'s, over records of ``roles``."""
+    """Fact recall of ``student``'s ECR (file or folder) against ``teacher``'s, over records of ``roles``;
+    ``student=None``: of the :func:`majority` baseline."""
     roles = set(roles)
     wanted = {k: r for k, r in _records(teacher, teacher_reasoner).items() if r.get("role") in roles}
-    got = _records(student, student_reasoner)
+    got = majority(wanted) if student is None else _records(student, student_reasoner)
     report = RecallReport()
     rows: dict[str, list[tuple[float, float]]] = defaultdict(list)
     closed = 0
