@@ -200,10 +200,10 @@ class SftExamples:
         return cache.get(key, lambda: example) if example is not None else None
 
 
-def _sum_over_ranks(value: int) -> int:
+def _sum_over_ranks(value: int, device: torch.device) -> int:
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return value
-    total = torch.tensor([value], dtype=torch.long)
+    total = torch.tensor([value], dtype=torch.long, device=device)  # NCCL reduces device tensors only
     dist.all_reduce(total)
     return int(total)
 
@@ -238,11 +238,11 @@ class ReasonSftStep:
         return self.examples.encode(pairs, self.cfg.reason.sides, self.cfg.train.negatives, self.cache)
 
     def run(self, inputs: SftInputs, step: int) -> LossOutput:
-        tokens = _sum_over_ranks(inputs.tokens)
+        device = next(self.net.parameters()).device
+        tokens = _sum_over_ranks(inputs.tokens, device)
         # each rank's share of sum/N, times the world size: averaging gradients over ranks gives sum/N's
         scale = self.world / max(tokens, 1)
         chunk = self.cfg.train.query_chunk_size
-        device = next(self.net.parameters()).device
         cast = (torch.autocast(device_type=device.type, dtype=self.autocast) if self.autocast
                 else contextlib.nullcontext())
         total = torch.zeros((), dtype=torch.float64)
