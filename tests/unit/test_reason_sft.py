@@ -122,6 +122,7 @@ def _reference_nll(model, examples) -> float:
     return total / count
 
 
+@pytest.mark.slow
 def test_step_loss_equals_a_float64_reference_and_steps_lower_it(tiny_dirs, sft_data, tmp_path):
     cfg = _cfg(tiny_dirs, sft_data, tmp_path)
     worker = TrainWorker(cfg, LocalContext(tmp_path / "sft"), tmp_path / "sft")
