@@ -68,3 +68,17 @@ def test_compare_matches_records_by_content_and_template(tmp_path):
     base = compare(tmp_path / "t", None)
     assert (base.items, base.missing) == (3, 0)
     assert base.recall == pytest.approx((1.0 + 1 / 2 + 0.0) / 3) and base.summary_recall == pytest.approx(0.5)
+
+
+def test_the_command_prints_the_recall_and_the_baseline(tmp_path, capsys):
+    from omniret.cli import main
+
+    record = {"key": "k", "content_hash": "a", "template": "retrieval@0000", "reasoner": "r", "role": "query"}
+    EcrWriter(tmp_path / "t").append([{**record, "text": TEACHER}])
+    EcrWriter(tmp_path / "s").append([{**record, "text": "two red circles", "summary": "", "closed": False}])
+    assert main(["reason-facts", "--teacher", str(tmp_path / "t"), "--student", str(tmp_path / "s"), "--baseline"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # "two red circles": red, circle, two and the object, 4 of the teacher's 11 facts
+    assert out[0].startswith("1 items (teacher records without a student record: 0); closed </think> 0.000; "
+                             "fact recall 0.364 (ECR text), 0.000 (summary)")
+    assert out[2].startswith("baseline") and "fact recall 1.000 (ECR text)" in out[3]
