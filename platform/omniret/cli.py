@@ -133,6 +133,17 @@ def cmd_reason(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     return 0
 
 
+def cmd_reason_facts(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.reasoning.facts import compare
+
+    report = compare(args.teacher, args.student, args.teacher_reasoner, args.student_reasoner, args.roles)
+    print("\n".join(report.lines()))
+    if args.baseline:
+        print("baseline, the teacher's most frequent ECR of each template for every item:")
+        print("\n".join(compare(args.teacher, None, args.teacher_reasoner, roles=args.roles).lines()))
+    return 0
+
+
 def cmd_balance(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     import yaml
 
@@ -317,6 +328,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", action="store_true", help="generated benchmark only: write teacher traces from "
                    "the generator's scene notes instead of running a reasoner")
     _add_config_args(p)
+
+    p = add("reason-facts", cmd_reason_facts, "fact recall: the share of a teacher's ECR facts (colours, shapes, "
+            "counts, positions, motion) that another reasoner's ECR states, matched by content and template")
+    p.add_argument("--teacher", type=Path, required=True, help="the teacher's ECR folder or file")
+    p.add_argument("--student", type=Path, required=True, help="the student's ECR folder or file")
+    p.add_argument("--teacher-reasoner", help="only the teacher's records of this reasoner id")
+    p.add_argument("--student-reasoner", help="only the student's records of this reasoner id")
+    p.add_argument("--roles", nargs="+", default=["query", "target"], choices=["query", "target"],
+                   help="records of these sides")
+    p.add_argument("--baseline", action="store_true", help="also the recall of a reasoner that ignores its input "
+                   "(the teacher's most frequent ECR of each template)")
+    p.set_defaults(config=None, overrides=[])  # reads ECR files only: no configuration
 
     p = add("balance", cmd_balance, "sampling weights of the training groups from their embedding similarity "
             "to the evaluation sets (k-means + Sinkhorn + softmax)")

@@ -352,9 +352,10 @@ class TrainConfig(Section):
     """Contrastive training on Ray Train: scale, what is trained, schedule, batching, checkpoints, evaluation."""
 
     name: str = Field("run", description="Run name: the folder under output_dir; running it again resumes it.")
-    objective: Literal["contrastive", "rerank", "merge", "ume_sft", "rematch"] = Field(
+    objective: Literal["contrastive", "rerank", "merge", "ume_sft", "rematch", "reason_sft"] = Field(
         "contrastive", description="contrastive: train the embedder (`model`); rerank: train the yes/no reranker "
         "(`rerank.model`) on the same pairs, `model` being the embedder that retrieves for its evaluation; "
+        "reason_sft: fine-tune the reasoner (`reason.model`) on stored ECR (`reason.sft_from`), TTE_s; "
         "merge (a recipe stage, no training): merge `merge.checkpoints` (default: the last two embedder "
         "stages' outputs) into this stage's final/ and evaluate it; ume_sft: UME-R1's SFT of `model` (disc + gen "
         "contrastive + next-token loss on teacher CoT, section `ume`); rematch: ReMatch's L_cl + L_orth + L_qdm "
@@ -464,6 +465,12 @@ class ReasonConfig(Section):
     batch_rows: int = Field(16, ge=1, description="Items handed to a reasoner actor per call.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per reasoner actor.")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of a Ray instance started locally.")
+    sft_from: list[str] = Field(default_factory=list, description="train.objective=reason_sft: ECR files or "
+                                "folders (a teacher's) the reasoner learns to write for the training pairs' sides.")
+    sft_reasoner: str | None = Field(None, description="reason_sft: use only records of this reasoner id (e.g. "
+                                     "teacher); needed when sft_from holds several.")
+    sft_freeze_vision: bool = Field(True, description="reason_sft: keep the vision tower and merger frozen "
+                                    "(Think-Then-Embed's setting).")
 
 
 class ScoreConfig(Section):

@@ -63,3 +63,10 @@ def test_training_line_has_the_eta(clock):
     assert console_line({**row, "step": 100}, 200, pace).endswith("ETA 1 min 40 s")  # 50 steps in 50 s, 100 left
     assert "ETA" not in console_line({**row, "step": 200}, 200, pace)
     assert "ETA" not in console_line(row, 200)  # no pace, no estimate
+
+
+def test_a_reasoner_sft_line_shows_its_ecr_tokens_not_a_temperature():
+    row = {"step": 5, "epoch": 0, "group": "syn_t2i", "loss": 0.31, "ecr_tokens": 950.0, "pairs_per_s": 30.0,
+           "lr": 1e-4, "peak_mem_mb": 900.0}
+    line = console_line(row, 10)
+    assert "loss 0.3100 ecr tokens 950 30.0 pairs/s" in line and "tau" not in line

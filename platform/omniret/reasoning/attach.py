@@ -17,7 +17,7 @@ from omniret.config import OmniretConfig
 from omniret.data.schema import Pair, Side
 from omniret.errors import ConfigError
 from omniret.reasoning.store import EcrLookup
-from omniret.reasoning.templates import get_reason_template, template_for_task
+from omniret.reasoning.templates import chosen_template
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,7 @@ def _report(what: str, found: int, missing: int) -> tuple[int, int]:
 
 def _template_name(cfg: OmniretConfig, task: str) -> str:
     """The reasoner template the ECR job used for ``task`` (reason.template, or by task group)."""
-    name = cfg.reason.template
-    return template_for_task(task).name if name == "auto" else get_reason_template(name).name
+    return chosen_template(cfg.reason.template, task).name
 
 
 def _apply(cfg: OmniretConfig, units: Iterable[tuple[str, list[Side], list[Side]]], what: str) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from omniret.config import OmniretConfig
 from omniret.data.schema import Side
 from omniret.errors import ConfigError, MediaError
 from omniret.reasoning.store import EcrWriter, content_hash, done_keys, record_key, write_errors
-from omniret.reasoning.templates import get_reason_template, template_for_task
+from omniret.reasoning.templates import chosen_template, get_reason_template
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ class ReasonSummary:
 
 
 def _template(cfg: OmniretConfig, task: str):
-    name = cfg.reason.template
-    return template_for_task(task) if name == "auto" else get_reason_template(name)
+    return chosen_template(cfg.reason.template, task)
 
 
 def work_rows(cfg: OmniretConfig, reasoner: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -89,3 +89,8 @@ def template_for_task(task: str, default: str = "retrieval") -> ReasonTemplate:
         if task in template.tasks:
             return template
     return get_reason_template(default)
+
+
+def chosen_template(setting: str, task: str) -> ReasonTemplate:
+    """The template ``reason.template`` gives an item of task group ``task`` (``auto``: by task group)."""
+    return template_for_task(task) if setting == "auto" else get_reason_template(setting)

@@ -78,8 +78,10 @@ def console_line(row: dict[str, Any], total: int, pace: Pace | None = None) -> s
     bar is redrawn as text, not in place)."""
     left = pace.update(row["step"], row.get("step_s")) if pace is not None else None
     done = int(20 * row["step"] / max(total, 1))
-    # a reranker step reports yes-probabilities instead of a temperature and negatives
+    # a reranker step reports yes-probabilities, a reasoner SFT step its ECR tokens, instead of a temperature
+    # and negatives
     middle = (f"p_yes pos {row['p_yes_pos']:.3f} neg {row.get('p_yes_neg', float('nan')):.3f} " if "p_yes_pos" in row
+              else f"ecr tokens {row['ecr_tokens']:.0f} " if "ecr_tokens" in row
               else f"tau {row.get('temperature', float('nan')):.4f} negatives {row.get('num_negatives', 0):.1f} ")
     return (f"[{'#' * done}{'.' * (20 - done)}] step {row['step']}/{total} epoch {row['epoch']} [{row['group']}] loss {row['loss']:.4f} "
             f"{middle}{row['pairs_per_s']:.1f} pairs/s lr {row['lr']:.2e} peak {row['peak_mem_mb']:.0f} MB"

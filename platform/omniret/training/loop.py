@@ -244,7 +244,10 @@ class ContrastiveStep:
 
 
 def trained_model(cfg: OmniretConfig) -> ModelConfig:
-    """The model section a stage trains: ``rerank.model`` for the reranker, else ``model``."""
+    """The model section a stage trains: ``rerank.model`` for the reranker, ``reason.model`` for the
+    reasoner, else ``model``."""
+    if cfg.train.objective == "reason_sft":
+        return cfg.reason.model
     return cfg.rerank.model if cfg.train.objective == "rerank" else cfg.model
 
 
@@ -503,6 +506,8 @@ class TrainWorker:
 
     def evaluate(self, tag: str, max_queries: int | None) -> dict[str, Any] | None:
         """Rank 0 scores the current model on the evaluation sets; the others wait."""
+        if self.cfg.train.objective == "reason_sft":  # a reasoner has no retrieval evaluation
+            return None
         summary = None
         if self.rank == 0:
             from omniret.eval.mmeb import load_datasets

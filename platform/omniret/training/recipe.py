@@ -81,8 +81,9 @@ def rebase(cfg: OmniretConfig, root: Path) -> OmniretConfig:
     out.data.root, out.eval.root = under(out.data.root), under(out.eval.root)
     out.train.output_dir = under(out.train.output_dir)
     out.train.init_from, out.eval.out, out.mine.out = under(out.train.init_from), under(out.eval.out), under(out.mine.out)
-    for model in (out.model, out.rerank.model):
+    for model in (out.model, out.rerank.model, out.reason.model):
         model.path, model.adapter, model.tiny_dir = under(model.path), under(model.adapter), under(model.tiny_dir)
+    out.reason.sft_from = [under(p) for p in out.reason.sft_from]
     return out
 
 
@@ -94,7 +95,7 @@ def run_stages(stages: list[OmniretConfig], *, local: bool = False) -> list[Trai
     embedder_runs: list[Path] = []  # every embedder stage so far (what a merge stage merges by default)
     for i, cfg in enumerate(stages):
         cfg = cfg.model_copy(deep=True)
-        if embedder_run is not None and not cfg.train.init_from:
+        if embedder_run is not None and not cfg.train.init_from and cfg.train.objective != "reason_sft":
             cfg.train.init_from = str(embedder_run)
         if reranker_run is not None and cfg.train.objective != "rerank" and not cfg.rerank.model.path:
             # later embedder stages are evaluated with the trained reranker (eval.rerank_top_k)
@@ -119,7 +120,7 @@ def run_stages(stages: list[OmniretConfig], *, local: bool = False) -> list[Trai
         results.append(fit(cfg, local=local))
         if cfg.train.objective == "rerank":
             reranker_run = results[-1].run_dir
-        else:
+        elif cfg.train.objective != "reason_sft":  # a reasoner is used through `omniret reason`, not chained
             embedder_run = results[-1].run_dir
             embedder_runs.append(embedder_run)
         log.info("stage %s done: %s", cfg.train.name, _scores(results[-1].metrics))

@@ -19,8 +19,10 @@ once its model is loaded (``build(worker)``):
 Objectives: ``contrastive`` (:class:`~omniret.training.loop.ContrastiveStep`: GradCache or a plain
 full-batch step over the registry's contrastive losses) and ``rerank``
 (:class:`~omniret.training.rerank.RerankStep`: yes/no cross-entropy of the reranker), ``ume_sft``
-(:class:`~omniret.training.ume_sft.UmeSftStep`: UME-R1's SFT of a generative embedder) and ``rematch``
-(:class:`~omniret.training.rematch.ReMatchStep`: contrastive + orthogonality + multi-view matching).
+(:class:`~omniret.training.ume_sft.UmeSftStep`: UME-R1's SFT of a generative embedder), ``rematch``
+(:class:`~omniret.training.rematch.ReMatchStep`: contrastive + orthogonality + multi-view matching) and
+``reason_sft`` (:class:`~omniret.training.reason_sft.ReasonSftStep`: next-token NLL of a reasoner on
+stored ECR; it has no retrieval evaluation: the worker skips evaluating it).
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ def build_step(worker) -> TrainStep:
         from omniret.training.rematch import ReMatchStep
 
         return ReMatchStep(worker)
+    if objective == "reason_sft":
+        from omniret.training.reason_sft import ReasonSftStep
+
+        return ReasonSftStep(worker)
     from omniret.training.loop import ContrastiveStep
 
     return ContrastiveStep(worker)

@@ -65,6 +65,9 @@ def resolve(cfg: OmniretConfig) -> OmniretConfig:
     from omniret.training.loop import trained_model
 
     out = cfg.model_copy(deep=True)
+    if out.train.objective == "reason_sft" and out.train.init_from:
+        raise ConfigError("a reason_sft stage starts from reason.model.path (a reasoner checkpoint, e.g. an "
+                          "earlier SFT run's final/), not train.init_from")
     if out.train.init_from:
         data = out.model_dump()
         apply_overrides(data, stage_model(out.train.init_from))
@@ -77,12 +80,15 @@ def resolve(cfg: OmniretConfig) -> OmniretConfig:
             raise ConfigError("a rerank stage is evaluated by reranking the embedder's top k: set eval.rerank_top_k "
                               "(e.g. 5), or train.eval_at_end=false and train.eval_every=0")
         out.rerank.model.path = str(checkpoint_path(out.rerank.model).resolve())
+    if out.train.objective == "reason_sft":
+        out.reason.model.path = str(checkpoint_path(out.reason.model).resolve())
+        out.reason.sft_from = [str(Path(p).expanduser().resolve()) for p in out.reason.sft_from]
     if out.train.mode == "lora" and trained.adapter:
         raise ConfigError("LoRA training starts from a full checkpoint, not base + adapter: start from a run "
                           "folder (its final/ has the adapter merged) or merge the adapter first (omniret soup "
                           "with one adapter and weight 1)")
     out.model.path = str(checkpoint_path(out.model).resolve())  # builds the tiny model once, here
-    for model in (out.model, out.rerank.model):
+    for model in (out.model, out.rerank.model, out.reason.model):
         if model.adapter:
             model.adapter = str(Path(model.adapter).expanduser().resolve())
         if model.head:
