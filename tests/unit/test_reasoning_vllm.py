@@ -102,6 +102,11 @@ def test_processor_config_from_reason_settings(tmp_path):
     assert (kw["model_source"], kw["batch_size"], kw["concurrency"]) == ("/ckpt/qwen", 32, 2)
     assert kw["engine_kwargs"] == {"tensor_parallel_size": 2, "max_model_len": 1152}
     assert kw["prepare_multimodal_stage"]["model_config_kwargs"] == {"allowed_local_media_path": str(tmp_path / "img")}
+    # Ray's own config class (importable without vLLM, extra keys forbidden) accepts them as they are.
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    ray_cfg = vLLMEngineProcessorConfig(**kw)
+    assert (ray_cfg.batch_size, ray_cfg.concurrency, ray_cfg.should_continue_on_error) == (32, 2, True)
 
 
 @pytest.mark.skipif(_HAS_VLLM, reason="vLLM is installed: the missing-vLLM error cannot happen")
