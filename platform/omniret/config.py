@@ -460,6 +460,9 @@ class ReasonConfig(Section):
     pairs: list[str] = Field(default_factory=list, description="Pair files or folders to reason over.")
     eval_root: str | None = Field(None, description="Evaluation folder (MMEB layout) to reason over.")
     out: str = Field(".omniret/reasoning", description="Folder of ecr.jsonl and errors.jsonl.")
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers: generate in omniret's actors; vllm: ray.data.llm with vLLM "
+        "(GPU, pip install \"ray[data,llm]\"; always on Ray, actors = engine replicas, num_gpus = tensor parallel).")
     ray: bool = Field(True, description="Run the reasoner actors with Ray Data (false: in this process).")
     actors: int = Field(1, ge=1, description="Reasoner actors (one model copy each).")
     batch_rows: int = Field(16, ge=1, description="Items handed to a reasoner actor per call.")

@@ -7,7 +7,9 @@ reasoner id). Keys already in ``<out>/ecr.jsonl`` are skipped before any model l
 after a kill generates only what is missing, and a finished run generates nothing.
 
 The reasoner runs in :class:`ReasonBatch`, a callable class for ``map_batches`` on a Ray Data actor
-pool (one model per actor, like ingest's embedder), or in this process (``reason.ray=false``). Its
+pool (one model per actor, like ingest's embedder), or in this process (``reason.ray=false``); with
+``reason.engine=vllm`` it runs through ``ray.data.llm`` instead (:mod:`omniret.reasoning.vllm_engine`:
+the same rows, keys and store). Its
 results stream back to the driver, which appends them to ``ecr.jsonl`` batch by batch. An item that
 cannot be read (missing file, undecodable media, too long) is reported by name in ``errors.jsonl``
 and the job goes on; a generation that never closes ``</think>`` is written with ``truncated: true``.
@@ -171,6 +173,10 @@ def run_reasoning(cfg: OmniretConfig) -> ReasonSummary:
     """Run the ECR job (see the module docstring); returns what it did."""
     from omniret.reasoning.reasoner import reasoner_id
 
+    if cfg.reason.engine == "vllm":
+        from omniret.reasoning.vllm_engine import require_vllm
+
+        require_vllm()  # at start, before any work: a clear error when vLLM is absent
     cfg = resolved(cfg)
     out = Path(cfg.reason.out)
     summary = ReasonSummary(out)
@@ -182,7 +188,7 @@ def run_reasoning(cfg: OmniretConfig) -> ReasonSummary:
     summary.already_done = len(rows) - len(todo)
     log.info("reasoning: %d records wanted, %d stored, %d to generate", len(rows), summary.already_done, len(todo))
     if todo:
-        for batch in (_stream_ray(cfg, todo) if cfg.reason.ray else _stream_local(cfg, todo)):
+        for batch in _stream(cfg, todo):
             _store(_rows(batch), writer, summary)
     write_errors(out, summary.errors)
     return summary
@@ -199,6 +205,14 @@ def _store(results: list[dict[str, Any]], writer: EcrWriter, summary: ReasonSumm
         good.append({**row, "source": "reasoner"})
     summary.written += writer.append(good)
     summary.truncated += sum(bool(r["truncated"]) for r in good)
+
+
+def _stream(cfg: OmniretConfig, rows: list[dict[str, Any]]):
+    if cfg.reason.engine == "vllm":
+        from omniret.reasoning.vllm_engine import stream_vllm
+
+        return stream_vllm(cfg, rows)
+    return _stream_ray(cfg, rows) if cfg.reason.ray else _stream_local(cfg, rows)
 
 
 def _stream_local(cfg: OmniretConfig, rows: list[dict[str, Any]]):
