@@ -318,11 +318,12 @@ class TrainConfig(Section):
     """Contrastive training on Ray Train: scale, what is trained, schedule, batching, checkpoints, evaluation."""
 
     name: str = Field("run", description="Run name: the folder under output_dir; running it again resumes it.")
-    objective: Literal["contrastive", "rerank", "merge"] = Field(
+    objective: Literal["contrastive", "rerank", "merge", "ume_grpo"] = Field(
         "contrastive", description="contrastive: train the embedder (`model`); rerank: train the yes/no reranker "
         "(`rerank.model`) on the same pairs, `model` being the embedder that retrieves for its evaluation; "
         "merge (a recipe stage, no training): merge `merge.checkpoints` (default: the last two embedder "
-        "stages' outputs) into this stage's final/ and evaluate it.")
+        "stages' outputs) into this stage's final/ and evaluate it; ume_grpo: UME-R1's GRPO on the "
+        "generative embedding (section `grpo`).")
     output_dir: str = Field(".omniret/runs", description="Where runs live (shared storage on multi-node).")
     init_from: str | None = Field(
         None, description="Start from a previous stage: its run folder (final/ is used) or a checkpoint folder.")
@@ -454,6 +455,22 @@ class MergeConfig(Section):
     out: str | None = Field(None, description="Output checkpoint folder.")
 
 
+class GrpoConfig(Section):
+    """UME-R1's GRPO stage (train.objective=ume_grpo) and MMEmb-R1's adaptive reasoning (METHODS 5.3, 9.1)."""
+
+    num_generations: int = Field(8, ge=2, description="G completions sampled per query and per target.")
+    max_completion_length: int = Field(2048, ge=1, description="Generation budget; also the loss's normaliser.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    eps_low: float = Field(0.2, ge=0, lt=1, description="Lower clip of the ratio (1 - eps_low).")
+    eps_high: float = Field(0.28, ge=0, description="Upper clip of the ratio (1 + eps_high).")
+    beta: float = Field(0.04, ge=0, description="Weight of the k3 KL against the frozen reference (0: no reference).")
+    adaptive: bool = Field(False, description="MMEmb-R1: each completion opens with <think> or <answer> (the "
+                           "policy's first decision); both forms earn the format reward.")
+    think_cost: float = Field(0.0, ge=0, description="Reward charged per reasoning token (between <think> and "
+                              "</think>); 0: UME-R1's reward.")
+
+
 class OmniretConfig(Section):
     model: ModelConfig = ModelConfig()
     media: MediaConfig = MediaConfig()
@@ -468,6 +485,7 @@ class OmniretConfig(Section):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     mine: MineConfig = MineConfig()
+    grpo: GrpoConfig = GrpoConfig()
     reason: ReasonConfig = ReasonConfig()
     score: ScoreConfig = ScoreConfig()
     merge: MergeConfig = MergeConfig()
