@@ -98,7 +98,7 @@ def score_sides(q_texts: Sequence[str], q_emb: torch.Tensor, t_texts: Sequence[s
                 group_size: int, adaptive_mode: bool = False, think_cost: float = 0.0,
                 count=None) -> tuple[SideScores, SideScores]:
     """Rewards of the gathered query and target completions (METHODS §5.3, plus MMEmb-R1's cost)."""
-    sims = q_emb.detach().float() @ t_emb.detach().float().T
+    sims = q_emb.detach().double() @ t_emb.detach().double().T  # float64: advantages divide by small stds
     out = []
     for texts, s in ((q_texts, sims), (t_texts, sims.T)):
         fmt = adaptive.adaptive_format_reward(list(texts)) if adaptive_mode else format_reward(list(texts))
@@ -208,8 +208,8 @@ class GrpoStep:
         count = (lambda text: len(self.tokenizer(text, add_special_tokens=False)["input_ids"])) \
             if (g.adaptive or g.think_cost) else None
         # Rewards over every rank's completions (the sampling policy's embeddings: no gradient flows here).
-        q_emb, q_start = gather_rows(queries.embeddings.float(), queries.rows)
-        t_emb, t_start = gather_rows(targets.embeddings.float(), targets.rows)
+        q_emb, q_start = gather_rows(queries.embeddings.cpu(), queries.rows)
+        t_emb, t_start = gather_rows(targets.embeddings.cpu(), targets.rows)
         q_texts, _ = gather_rows(queries.texts, queries.rows)
         t_texts, _ = gather_rows(targets.texts, targets.rows)
         q_scores, t_scores = score_sides(q_texts, q_emb, t_texts, t_emb, G, g.adaptive, g.think_cost, count)
@@ -256,4 +256,5 @@ class GrpoStep:
 
         model_cfg = trained_model(self.cfg).model_copy(update={"path": str(worker.base_dir), "adapter": None,
                                                                "device": str(self.device)})
-        return load_backbone(model_cfg).model
+        param = next(worker.model.parameters())
+        return load_backbone(model_cfg).model.to(param.dtype)  # the policy's master dtype
