@@ -48,6 +48,7 @@ from omniret.errors import ConfigError, MediaError
 from omniret.losses.base import LossOutput
 from omniret.losses.grpo import GRPOLossOutput, grpo_loss, ume_r1_loss
 from omniret.models.gen_tokens import DISC_EMB, GEN_EMB
+from omniret.models.generative import has_embedding_tokens
 from omniret.training.gradcache import average_gradients
 from omniret.training.inputs import training_side
 from omniret.training.rl import adaptive
@@ -123,10 +124,8 @@ class GrpoStep:
         self.cfg, self.g, self.device, self.world, self.rank = cfg, g, worker.device, worker.world, worker.rank
         self.backbone, self.model, self.autocast = worker.backbone, worker.model, worker.autocast
         tok = worker.backbone.tokenizer
-        vocab = tok.get_vocab()
-        missing = [x for x in (DISC_EMB, GEN_EMB) if x not in vocab]
-        if missing:
-            raise ConfigError(f"{worker.backbone.path} has no {' or '.join(missing)} token: start GRPO from a "
+        if not has_embedding_tokens(tok):
+            raise ConfigError(f"{worker.backbone.path} has no {DISC_EMB} / {GEN_EMB} tokens: start GRPO from a "
                               "checkpoint that has them (the output of a ume_sft stage, train.init_from)")
         self.tokenizer = tok
         self.net = worker.ctx.prepare_model(PolicyForward(worker.model))
