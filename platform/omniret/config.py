@@ -465,8 +465,8 @@ class GrpoConfig(Section):
     eps_low: float = Field(0.2, ge=0, lt=1, description="Lower clip of the ratio (1 - eps_low).")
     eps_high: float = Field(0.28, ge=0, description="Upper clip of the ratio (1 + eps_high).")
     beta: float = Field(0.04, ge=0, description="Weight of the k3 KL against the frozen reference (0: no reference).")
-    adaptive: bool = Field(False, description="MMEmb-R1: each completion opens with <think> or <answer> (the "
-                           "policy's first decision); both forms earn the format reward.")
+    adaptive: bool = Field(False, description="MMEmb-R1: rollouts are forced to open with <think>; the next token "
+                           "is the policy's choice between reasoning and an empty block (no-think).")
     think_cost: float = Field(0.0, ge=0, description="Reward charged per reasoning token (between <think> and "
                               "</think>); 0: UME-R1's reward.")
 

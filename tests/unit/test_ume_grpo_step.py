@@ -119,7 +119,7 @@ def test_zero_beta_has_no_reference_and_a_checkpoint_without_tokens_is_refused(s
     assert step.reference is None
     with pytest.raises(ConfigError, match="<disc_emb>"):
         GrpoStep(_worker(tiny_dirs["qwen2_vl"]))
-    with pytest.raises(ConfigError, match="train.mode"):
+    with pytest.raises(ConfigError, match=r"train\.mode"):
         GrpoStep(_worker(start_dir, "train.mode=head"))
 
 

@@ -48,7 +48,7 @@ from omniret.errors import ConfigError, MediaError
 from omniret.losses.base import LossOutput
 from omniret.losses.grpo import GRPOLossOutput, grpo_loss, ume_r1_loss
 from omniret.models.gen_tokens import DISC_EMB, GEN_EMB
-from omniret.models.generative import has_embedding_tokens
+from omniret.models.generative import GenerativeEmbedder, has_embedding_tokens, pad_completions
 from omniret.training.gradcache import average_gradients
 from omniret.training.inputs import training_side
 from omniret.training.rl import adaptive
@@ -96,13 +96,13 @@ class SideScores:
 
 
 def score_sides(q_texts: Sequence[str], q_emb: torch.Tensor, t_texts: Sequence[str], t_emb: torch.Tensor,
-                group_size: int, adaptive_mode: bool = False, think_cost: float = 0.0,
-                count=None) -> tuple[SideScores, SideScores]:
-    """Rewards of the gathered query and target completions (METHODS §5.3, plus MMEmb-R1's cost)."""
+                group_size: int, think_cost: float = 0.0, count=None) -> tuple[SideScores, SideScores]:
+    """Rewards of the gathered query and target completions (METHODS §5.3), minus MMEmb-R1's reasoning cost;
+    ``count`` tokenises a reasoning (needed for the cost and the reasoning metrics)."""
     sims = q_emb.detach().double() @ t_emb.detach().double().T  # float64: advantages divide by small stds
     out = []
     for texts, s in ((q_texts, sims), (t_texts, sims.T)):
-        fmt = adaptive.adaptive_format_reward(list(texts)) if adaptive_mode else format_reward(list(texts))
+        fmt = format_reward(list(texts)).double()
         emb = embedding_reward(s, group_size).cpu()
         tokens = (adaptive.reasoning_tokens(texts, count) if count is not None
                   else torch.zeros(len(texts)))
@@ -176,16 +176,13 @@ class GrpoStep:
     @property
     def generator(self):
         if self._generator is None:
-            from omniret.models.generative import GenerativeEmbedder
-
-            self._generator = GenerativeEmbedder(self.backbone, self.cfg.media, self.cfg.model.max_length,
-                                                 batch_size=self.cfg.train.query_chunk_size)
+            cls = ThinkFirst if self.g.adaptive else GenerativeEmbedder
+            self._generator = cls(self.backbone, self.cfg.media, self.cfg.model.max_length,
+                                  batch_size=self.cfg.train.query_chunk_size)
         return self._generator
 
     def rollout(self, sides: Sequence[Side], names: Sequence[str], seed: int) -> Rollout:
         """G sampled completions per side (seeded: a resumed step samples what the first attempt sampled)."""
-        from omniret.models.generative import pad_completions
-
         g, gen = self.g, self.generator
         items = [s.to_item(name=n) for s, n in zip(sides, names, strict=True)]
         out = gen.generate(items, max_new_tokens=g.max_completion_length, sample=True, seed=seed,
@@ -211,7 +208,7 @@ class GrpoStep:
         t_emb, t_start = gather_rows(targets.embeddings.cpu(), targets.rows)
         q_texts, _ = gather_rows(queries.texts, queries.rows)
         t_texts, _ = gather_rows(targets.texts, targets.rows)
-        q_scores, t_scores = score_sides(q_texts, q_emb, t_texts, t_emb, G, g.adaptive, g.think_cost, count)
+        q_scores, t_scores = score_sides(q_texts, q_emb, t_texts, t_emb, G, g.think_cost, count)
         cast = (torch.autocast(device_type=self.device.type, dtype=self.autocast) if self.autocast
                 else contextlib.nullcontext())
         sync = self.net.no_sync() if hasattr(self.net, "no_sync") else contextlib.nullcontext()
@@ -257,3 +254,15 @@ class GrpoStep:
                                                                "device": str(self.device)})
         param = next(worker.model.parameters())
         return load_backbone(model_cfg).model.to(param.dtype)  # the policy's master dtype
+
+
+
+class ThinkFirst(GenerativeEmbedder):
+    """Rollout generation whose completions open with ``<think>``: MMEmb-R1's decision is the next token."""
+
+    def _generate_kwargs(self, sample: bool, temperature: float, top_p: float) -> dict:
+        from transformers import LogitsProcessorList
+
+        opening = self.encoder.tokenize(adaptive.THINK_OPEN)
+        return {**super()._generate_kwargs(sample, temperature, top_p),
+                "logits_processor": LogitsProcessorList([adaptive.OpeningProcessor(opening)])}

@@ -11,11 +11,14 @@ largest Delta is kept when that Delta exceeds ``margin`` (0 by default: "improve
 the pair trains the no-think form. Only the abstract of the paper was available: the choice of the
 arg-max among several helpful reasonings and the margin are ours.
 
-Candidates come from ECR files (``omniret reason`` with sampled decoding, one run per seed, or teacher
-traces), looked up by content hash like any ECR. The step writes, under ``out``:
+Candidates come from K ECR files (``omniret reason`` with sampled decoding, one run per seed, or teacher
+traces): traces ``<think> reasoning </think> summary``, looked up by content hash like any ECR. The step
+writes, under ``out``:
 
-- ``ecr.jsonl``: one record per kept reasoning (reasoner id ``pair_aware``), the SFT's reasoning targets
-  (``model.reasoning_from``); a query with no record trains without thinking;
+- ``ecr.jsonl``: the SFT targets of the queries (reasoner id ``pair_aware``): the kept trace, or the
+  no-think trace ``<think></think> summary`` (an empty block, the no-think form of
+  :mod:`omniret.training.rl.adaptive`; the summary is that of the first candidate). Point
+  ``model.reasoning_from`` of the SFT stage at it;
 - ``selection.jsonl``: per pair, every Delta, the decision and the kept candidate;
 - ``summary.json``: pairs, share reasoning, mean Delta of the kept and of all candidates.
 """
@@ -34,7 +37,8 @@ import numpy as np
 
 from omniret.data.schema import Pair
 from omniret.errors import MediaError
-from omniret.reasoning.store import ECR_FILE, EcrWriter, content_hash, record_key
+from omniret.reasoning.store import ECR_FILE, EcrLookup, EcrWriter, content_hash, record_key
+from omniret.reasoning.templates import THINK_CLOSE, THINK_OPEN
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,14 @@ def choose(deltas: Sequence[float], margin: float = 0.0) -> int | None:
         return None
     best = int(np.argmax(np.asarray(deltas, dtype=np.float64)))
     return best if deltas[best] > margin else None
+
+
+def split_trace(trace: str) -> tuple[str, str]:
+    """(reasoning, summary) of a trace ``<think> reasoning </think> summary`` (unclosed: all reasoning)."""
+    body = trace.strip()
+    body = body[len(THINK_OPEN):] if body.startswith(THINK_OPEN) else body
+    think, closed, summary = body.partition(THINK_CLOSE)
+    return (think.strip(), summary.strip()) if closed else (body.strip(), "")
 
 
 def score_pairs(pairs: Sequence[Pair], candidates: Sequence[Sequence[str]], embedder, margin: float = 0.0
@@ -99,18 +111,19 @@ def score_pairs(pairs: Sequence[Pair], candidates: Sequence[Sequence[str]], embe
 
 
 def write_selection(pairs: Sequence[Pair], candidates: Sequence[Sequence[str]], choices: Sequence[Choice],
-                    out: str | Path, template: str) -> dict[str, Any]:
-    """Write ``ecr.jsonl`` (kept reasonings), ``selection.jsonl`` and ``summary.json``; return the summary.
+                    out: str | Path, templates: Sequence[str]) -> dict[str, Any]:
+    """Write ``ecr.jsonl`` (the SFT traces), ``selection.jsonl`` and ``summary.json``; return the summary.
 
-    ``template`` is the reasoner template id the candidates were written with (their ECR records' ``template``)."""
+    ``templates[i]`` is the reasoner template name pair ``i``'s candidates were written with (the key an
+    embedder's ECR lookup uses)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records, seen = [], set()
     with (out / SELECTION_FILE).open("w") as fh:
-        for pair, cands, choice in zip(pairs, candidates, choices, strict=True):
+        for pair, cands, choice, template in zip(pairs, candidates, choices, templates, strict=True):
             fh.write(json.dumps({**asdict(choice), "think": choice.think,
                                  "reasoning": cands[choice.kept] if choice.think else None}) + "\n")
-            if not choice.think:
+            if not cands:
                 continue
             try:
                 digest = content_hash(pair.query, choice.pair)
@@ -120,11 +133,15 @@ def write_selection(pairs: Sequence[Pair], candidates: Sequence[Sequence[str]], 
             if key in seen:
                 continue
             seen.add(key)
-            text = cands[choice.kept]
+            think, summary = split_trace(cands[choice.kept if choice.think else 0])
+            if not choice.think:
+                think = ""
             records.append({"key": key, "content_hash": digest, "template": template, "reasoner": SELECTED_REASONER,
-                            "name": f"{choice.pair} query", "role": "query", "dataset": pair.dataset, "text": text,
-                            "think": text, "summary": "", "closed": True, "truncated": False, "new_tokens": 0,
-                            "source": SELECTED_REASONER, "delta": choice.deltas[choice.kept]})
+                            "name": f"{choice.pair} query", "role": "query", "dataset": pair.dataset,
+                            "text": f"{THINK_OPEN}{think}{THINK_CLOSE} {summary}".rstrip(), "think": think,
+                            "summary": summary, "closed": True, "truncated": False, "new_tokens": 0,
+                            "source": SELECTED_REASONER,
+                            "delta": choice.deltas[choice.kept] if choice.think else None})
     (out / ECR_FILE).unlink(missing_ok=True)  # a re-run writes the selection of this embedder, not an old one's
     writer = EcrWriter(out)
     writer.append(records)
@@ -137,4 +154,36 @@ def write_selection(pairs: Sequence[Pair], candidates: Sequence[Sequence[str]], 
                "mean_delta_all": float(np.mean(all_deltas)) if all_deltas else None,
                "unscored": [f"{c.pair}: {c.reason}" for c in choices if c.reason][:20]}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def load_candidates(pairs: Sequence[Pair], sources: Sequence[str | Path], templates: Sequence[str]
+                    ) -> list[list[str]]:
+    """Each pair's query traces, one per ECR source (a file or folder) that has one, in source order."""
+    lookups = [EcrLookup([source]) for source in sources]
+    out = []
+    for pair, template in zip(pairs, templates, strict=True):
+        name = f"{pair.id or pair.dataset or 'pair'} query"
+        out.append([text for lookup in lookups if (text := lookup.get(pair.query, template, name)) is not None])
+    return out
+
+
+def run_selection(cfg, sources: Sequence[str | Path], out: str | Path, margin: float = 0.0) -> dict[str, Any]:
+    """The data step: the pairs of ``data.train``, candidates from ``sources``, the embedder of ``model``."""
+    from omniret.data.mixing import load_mixture
+    from omniret.models.embedder import Embedder
+    from omniret.reasoning.attach import template_name
+
+    if len(sources) < 1:
+        raise ValueError("pair-aware selection needs at least one ECR source of candidate reasonings")
+    mixture, _ = load_mixture(cfg.data)
+    pairs = [p for group in mixture.groups.values() for p in group]
+    templates = [template_name(cfg, p.task) for p in pairs]
+    candidates = load_candidates(pairs, sources, templates)
+    model_cfg = cfg.model_copy(deep=True)
+    model_cfg.model.reasoning = "none"  # the candidates are rendered here, one at a time
+    model_cfg.embed.progress = False
+    choices = score_pairs(pairs, candidates, Embedder.from_config(model_cfg), margin)
+    summary = write_selection(pairs, candidates, choices, out, templates)
+    log.info("pair-aware selection: %d of %d pairs keep a reasoning (%s)", summary["reasoning"], summary["pairs"], out)
     return summary
