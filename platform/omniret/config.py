@@ -236,6 +236,9 @@ class EvalConfig(Section):
     batch_rows: int = Field(32, ge=1, description="Items per embedder actor call.")
     ray_num_cpus: int | None = Field(
         None, ge=1, description="CPUs of a Ray instance started locally (None: the CPUs this process may use).")
+    ume_modes: list[Literal["disc", "gen", "auto"]] = Field(
+        default_factory=list, description="UME-R1 checkpoint: score each of these embedding modes and compare "
+        "them per task group with latency per item (empty: the ordinary embedder).")
 
 
 class DeploymentConfig(Section):
@@ -318,11 +321,12 @@ class TrainConfig(Section):
     """Contrastive training on Ray Train: scale, what is trained, schedule, batching, checkpoints, evaluation."""
 
     name: str = Field("run", description="Run name: the folder under output_dir; running it again resumes it.")
-    objective: Literal["contrastive", "rerank", "merge", "ume_grpo"] = Field(
+    objective: Literal["contrastive", "rerank", "merge", "ume_sft", "ume_grpo"] = Field(
         "contrastive", description="contrastive: train the embedder (`model`); rerank: train the yes/no reranker "
         "(`rerank.model`) on the same pairs, `model` being the embedder that retrieves for its evaluation; "
         "merge (a recipe stage, no training): merge `merge.checkpoints` (default: the last two embedder "
-        "stages' outputs) into this stage's final/ and evaluate it; ume_grpo: UME-R1's GRPO on the "
+        "stages' outputs) into this stage's final/ and evaluate it; ume_sft: UME-R1's SFT of `model` (disc + gen "
+        "contrastive + next-token loss on teacher CoT, section `ume`); ume_grpo: UME-R1's GRPO on the "
         "generative embedding (section `grpo`).")
     output_dir: str = Field(".omniret/runs", description="Where runs live (shared storage on multi-node).")
     init_from: str | None = Field(
@@ -442,6 +446,17 @@ class ScoreConfig(Section):
     batch_rows: int = Field(16, ge=1, description="Pairs per Ray Data batch.")
 
 
+class UmeConfig(Section):
+    """UME-R1 generative embeddings (omniret.models.generative): SFT targets and generation."""
+
+    temperature: float = Field(0.02, gt=0, description="tau of both symmetric InfoNCE terms of the SFT loss "
+                               "(UME-R1: logit_scale 50).")
+    max_target_tokens: int = Field(512, ge=8, description="SFT: longest CoT target; the thinking is cut first, "
+                                   "<answer>…</answer><gen_emb> is kept.")
+    max_new_tokens: int = Field(256, ge=1, description="Generation budget of gen / auto embeddings (eval, serve).")
+    batch_size: int = Field(8, ge=1, description="Prompts per generate / forward call (eval, serve).")
+
+
 class MergeConfig(Section):
     """Model merging (omniret.models.merge): checkpoints or LoRA adapters into one HF checkpoint."""
 
@@ -489,6 +504,7 @@ class OmniretConfig(Section):
     reason: ReasonConfig = ReasonConfig()
     score: ScoreConfig = ScoreConfig()
     merge: MergeConfig = MergeConfig()
+    ume: UmeConfig = UmeConfig()
 
     @field_validator("*", mode="before")
     @classmethod

@@ -68,6 +68,10 @@ def markdown(report: dict[str, Any]) -> str:
         from omniret.eval.rerank import markdown as rerank_markdown
 
         lines += ["", rerank_markdown(report["rerank"]).rstrip("\n")]
+    if report.get("ume"):
+        from omniret.eval.ume import markdown as ume_markdown
+
+        lines += ["", ume_markdown(report["ume"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

@@ -27,7 +27,12 @@ def run(cfg: OmniretConfig) -> dict[str, Any]:
     if not datasets:
         raise FileNotFoundError(f"no evaluation dataset could be read under {cfg.eval.root}"
                                 + (f": {'; '.join(skipped)}" if skipped else ""))
-    report = evaluate(cfg, datasets, skipped=skipped)
+    if cfg.eval.ume_modes:  # a UME-R1 checkpoint, mode by mode (omniret.eval.ume)
+        from omniret.eval.ume import evaluate_modes
+
+        report = evaluate_modes(cfg, datasets, skipped)
+    else:
+        report = evaluate(cfg, datasets, skipped=skipped)
     if cfg.eval.out:
         json_path, _ = write_report(report, cfg.eval.out)
         log.info("report written to %s", json_path)

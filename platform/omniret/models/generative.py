@@ -29,11 +29,13 @@ is the embedding).
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from omniret.config import MediaConfig
 from omniret.errors import ConfigError
@@ -85,6 +87,13 @@ class Generation:
     embeddings: np.ndarray  # (rows, H) float32, L2-normalised generative embeddings
     found: np.ndarray  # (rows,) bool: the completion has a <gen_emb> (False: fallback read-out)
     item_index: list[int]  # the item each row belongs to
+    # (rows, H) discriminative embeddings of the same prompts, read from the same forward pass (the prompt's
+    # states do not see the completion), so ``auto`` costs nothing more than ``gen``
+    disc: np.ndarray | None = None
+
+    def auto(self) -> np.ndarray:
+        """``auto`` embeddings: generative where the completion has a ``<gen_emb>``, discriminative elsewhere."""
+        return np.where(self.found[:, None], self.embeddings, self.disc)
 
 
 class GenerativeEmbedder:
@@ -107,7 +116,10 @@ class GenerativeEmbedder:
         self.disc_id = tok.convert_tokens_to_ids(DISC_EMB)
         self.gen_id = tok.convert_tokens_to_ids(GEN_EMB)
         eos = tok.eos_token_id
-        self.stop_ids = sorted({i for i in (eos, tok.convert_tokens_to_ids(IM_END)) if i is not None and i >= 0})
+        im_end = tok.get_vocab().get(IM_END)
+        #: the token that closes an assistant turn (a CoT target ends with it)
+        self.im_end_id = im_end if im_end is not None else eos
+        self.stop_ids = sorted({i for i in (eos, im_end) if i is not None and i >= 0})
         self.suppressed = [i for i in (tok.convert_tokens_to_ids(t) for t in (*_VISUAL_TOKENS, DISC_EMB))
                            if i is not None and i >= 0 and i != tok.unk_token_id]
 
@@ -175,6 +187,12 @@ class GenerativeEmbedder:
                                        completion_mask.to(hidden.device))
         return vectors, found, hidden
 
+    def disc_of(self, batch: dict[str, torch.Tensor], hidden: torch.Tensor, prompt_length: int) -> torch.Tensor:
+        """Discriminative embeddings from the states of a prompt + completion pass (the prompt part only)."""
+        ids = batch["input_ids"][:, :prompt_length].to(hidden.device)
+        mask = batch["attention_mask"][:, :prompt_length].to(hidden.device)
+        return disc_embedding(ids, hidden[:, :prompt_length].float(), mask, self.disc_id)[0]
+
     def _generate_kwargs(self, sample: bool, temperature: float, top_p: float) -> dict:
         tok = self.backbone.tokenizer
         kwargs = {"do_sample": sample, "eos_token_id": self.stop_ids, "pad_token_id": tok.pad_token_id,
@@ -194,13 +212,20 @@ class GenerativeEmbedder:
         Greedy by default; ``sample=True`` samples at ``temperature`` / ``top_p`` under ``seed`` (the
         global RNG is restored afterwards). Batches of ``batch_size`` prompts, left-padded.
         """
+        return self.generate_prepared(self.prepare(items), max_new_tokens, sample, seed, num_return_sequences,
+                                      temperature, top_p)
+
+    @torch.inference_mode()
+    def generate_prepared(self, encoded: Sequence[Encoded], max_new_tokens: int = 256, sample: bool = False,
+                          seed: int = 0, num_return_sequences: int = 1, temperature: float = 1.0,
+                          top_p: float = 1.0) -> Generation:
+        """:meth:`generate` on prompts already encoded by :meth:`prepare`."""
         if num_return_sequences < 1 or max_new_tokens < 1:
             raise ValueError("num_return_sequences and max_new_tokens must be >= 1")
-        encoded = self.prepare(items)
         rows = [e for e in encoded for _ in range(num_return_sequences)]
         index = [i for i in range(len(encoded)) for _ in range(num_return_sequences)]
         tok = self.backbone.tokenizer
-        texts, ids, vectors, found = [], [], [], []
+        texts, ids, vectors, found, discs = [], [], [], [], []
         model = unwrap(self.model)
         param = next(model.parameters())
         rng = torch.random.fork_rng(devices=[param.device] if param.device.type == "cuda" else [])
@@ -217,7 +242,8 @@ class GenerativeEmbedder:
                                      **self._generate_kwargs(sample, temperature, top_p))
                 completions = out[:, inputs["input_ids"].shape[1]:]
                 batch, length, mask = self.completion_batch(inputs, completions)
-                vec, hit, _ = self.gen_forward(batch, length, mask)
+                vec, hit, hidden = self.gen_forward(batch, length, mask)
+                discs.append(self.disc_of(batch, hidden, length).cpu().numpy())
                 for row, row_mask in zip(completions.tolist(), mask.tolist(), strict=True):
                     kept = [t for t, m in zip(row, row_mask, strict=True) if m]
                     ids.append(kept)
@@ -225,8 +251,10 @@ class GenerativeEmbedder:
                 vectors.append(vec.cpu().numpy())
                 found.append(hit.cpu().numpy())
         dim = self._hidden_size()
-        return Generation(texts, ids, np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32),
-                          np.concatenate(found) if found else np.zeros(0, bool), index)
+        empty = np.zeros((0, dim), np.float32)
+        return Generation(texts, ids, np.concatenate(vectors) if vectors else empty,
+                          np.concatenate(found) if found else np.zeros(0, bool), index,
+                          np.concatenate(discs) if discs else empty)
 
     @torch.inference_mode()
     def embed_completions(self, items: Sequence[Item | str], completions: Sequence[Sequence[int]]
@@ -251,6 +279,86 @@ class GenerativeEmbedder:
 
     def _hidden_size(self) -> int:
         return self.model.config.text_config.hidden_size
+
+
+class UmeNetwork(nn.Module):
+    """``nn.Module`` view of one teacher-forced SFT pass, so DDP can wrap it: prompt + CoT target in, out
+    (B, H) disc and gen embeddings (float32, unit), (B,) gen found, the summed next-token loss over the
+    completion tokens (the prompt is never a label) and how many tokens it sums.
+
+    The LM head runs on the completion positions only (the state at position t predicts token t + 1).
+    """
+
+    def __init__(self, model: nn.Module, view: GenerativeEmbedder):
+        super().__init__()
+        self.model = model
+        self.view = view
+
+    def forward(self, batch: dict[str, torch.Tensor], prompt_length: int, completion_mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        gen, found, hidden = self.view.gen_forward(batch, prompt_length, completion_mask, model=self.model)
+        disc = self.view.disc_of(batch, hidden, prompt_length)
+        ids = batch["input_ids"].to(hidden.device)
+        mask = completion_mask.to(hidden.device).float()
+        logits = unwrap(self.model).lm_head(hidden[:, prompt_length - 1:-1]).float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, prompt_length:], reduction="none")
+        return disc, gen, found, (nll * mask).sum(), mask.sum()
+
+
+MODES = ("disc", "gen", "auto")
+
+
+class UmeModeEmbedder:
+    """An :class:`~omniret.models.embedder.Embedder`-shaped view of one UME-R1 embedding mode, for the
+    evaluation runner and the isolation helper (``encoder``, ``embed_cfg``, ``dim``, ``encode_prepared``).
+
+    ``disc``: one forward pass. ``gen``: greedy generation of at most ``max_new_tokens``, the ``<gen_emb>``
+    read-out (fallback when the completion has none). ``auto``: the same generation, the generative
+    embedding where the completion has a ``<gen_emb>`` and the discriminative one (same forward pass)
+    where it has not: our rule, the model chooses by what it writes. ``seconds`` / ``items`` add up the
+    time spent embedding, for latency per item.
+    """
+
+    def __init__(self, view: GenerativeEmbedder, mode: str, max_new_tokens: int = 256, model_id: str | None = None):
+        if mode not in MODES:
+            raise ValueError(f"unknown UME-R1 mode {mode!r}; choose one of {', '.join(MODES)}")
+        from omniret.config import EmbedConfig
+
+        self.view, self.mode, self.max_new_tokens = view, mode, max_new_tokens
+        self.encoder = view.encoder
+        self.embed_cfg = EmbedConfig(progress=False)
+        self.model_id = model_id or view.backbone.path.name
+        self.seconds, self.items, self.generated = 0.0, 0, 0  # generated: rows whose completion had <gen_emb>
+
+    @property
+    def dim(self) -> int:
+        return self.view._hidden_size()
+
+    def prepare(self, items: Sequence[Item | str]) -> list[Encoded]:
+        return self.view.prepare(items)
+
+    def encode(self, items: Sequence[Item | str], dimensions: int | None = None, progress: bool | None = None
+               ) -> np.ndarray:
+        return self.encode_prepared(self.prepare(items), dimensions, progress)
+
+    @torch.inference_mode()
+    def encode_prepared(self, encoded: list[Encoded], dimensions: int | None = None, progress: bool | None = None
+                        ) -> np.ndarray:
+        from omniret.models.pooling import matryoshka
+
+        started = time.perf_counter()
+        if self.mode == "disc":
+            parts = [self.view.disc_forward(self.view.collate(encoded[s:s + self.view.batch_size]))[0].cpu()
+                     for s in range(0, len(encoded), self.view.batch_size)]
+            vectors = torch.cat(parts) if parts else torch.zeros(0, self.dim)
+        else:
+            out = self.view.generate_prepared(encoded, self.max_new_tokens)
+            vectors = torch.from_numpy(out.embeddings if self.mode == "gen" else out.auto())
+            self.generated += int(out.found.sum())
+        vectors = matryoshka(vectors, dimensions).numpy().astype(np.float32)
+        self.seconds += time.perf_counter() - started
+        self.items += len(encoded)
+        return vectors
 
 
 def pad_completions(completions: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

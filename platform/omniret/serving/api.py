@@ -102,6 +102,9 @@ class EmbeddingsRequest(Strict):
         "bit order (dimension 0 is the top bit of byte 0, the last byte zero-padded), base64.")
     instruction: str | None = Field(None, description="Applied to every input without its own.")
     user: str | None = None
+    mode: Literal["disc", "gen", "auto"] | None = Field(
+        None, description="UME-R1 checkpoints only: disc (the <disc_emb> state, one pass), gen (reason, then the "
+        "generated <gen_emb> state) or auto (gen where the model wrote <gen_emb>, else disc); absent: as usual.")
 
 
 class RerankRequest(Strict):

@@ -169,6 +169,15 @@ class LocalBackend:
         self.dim = embedder.embed_cfg.dimensions or embedder.dim
         self.batch_pixels = batch_pixels
         self._lock = asyncio.Lock()  # one model call at a time, like one replica
+        self.ume = None  # omniret.serving.ume.UmeModes of a UME-R1 checkpoint
+
+    @property
+    def ume_modes(self) -> bool:
+        return self.ume is not None
+
+    async def embed_mode(self, items: list[Item], dimensions: int | None, mode: str, cost: int = 0) -> Outcome:
+        async with self._lock:
+            return await asyncio.to_thread(self.ume.embed, items, dimensions, mode, cost)
 
     async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0) -> Outcome:
         async with self._lock:
@@ -197,6 +206,7 @@ class HandleBackend:
         self.embedder, self.reranker = embedder, reranker
         self.model_id, self.dim, self.rerank_model_id = model_id, dim, rerank_model_id
         self.timeout_s, self.health_timeout_s = timeout_s, health_timeout_s
+        self.ume_modes = False  # the embedder replica serves UME-R1 modes (omniret.serving.ume)
 
     async def _call(self, response: Any, what: str, timeout_s: float) -> Any:
         async def wait() -> Any:
@@ -220,6 +230,10 @@ class HandleBackend:
 
     async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0) -> Outcome:
         return await self._call(self.embedder.embed.remote(items, dimensions, cost), "embedder", self.timeout_s)
+
+    async def embed_mode(self, items: list[Item], dimensions: int | None, mode: str, cost: int = 0) -> Outcome:
+        return await self._call(self.embedder.embed_mode.remote(items, dimensions, mode, cost), "embedder",
+                                self.timeout_s)
 
     async def rerank(self, query: Item, documents: list[Item], instruction: str | None, cost: int = 0) -> Outcome:
         return await self._call(self.reranker.rerank.remote(query, documents, instruction, cost), "reranker",

@@ -31,10 +31,17 @@ class EmbedderDeployment:
         self._batch.set_max_batch_size(opts.max_batch_size)
         self._batch.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
         self.items = metrics.Counter("omniret_embedded_items", description="Items embedded.")
+        from omniret.serving.ume import ume_modes
+
+        self.ume = ume_modes(self.embedder, self.cfg)  # None unless the checkpoint has UME-R1's tokens
 
     def info(self) -> dict:
         return {"model_id": self.embedder.model_id,
-                "dim": self.embedder.embed_cfg.dimensions or self.embedder.dim}
+                "dim": self.embedder.embed_cfg.dimensions or self.embedder.dim, "ume_modes": self.ume is not None}
+
+    async def embed_mode(self, items: list[Item], dimensions: int | None, mode: str, cost: int = 0) -> Outcome:
+        """A UME-R1 mode (the ingress checked that this checkpoint has them)."""
+        return await asyncio.to_thread(self.ume.embed, items, dimensions, mode, cost)
 
     async def embed(self, items: list[Item], dimensions: int | None, cost: int = 0) -> Outcome:
         return await self._batch((items, dimensions, cost))
@@ -83,6 +90,7 @@ class SearchIngress:
         serve_cfg = self.cfg.serve
         self.backend = HandleBackend(embedder, reranker, info["model_id"], info["dim"],
                                      serve_cfg.request_timeout_s, serve_cfg.health_timeout_s, rerank_info["model_id"])
+        self.backend.ume_modes = info.get("ume_modes", False)
         # Never written from here; new ingests become visible after index.read_consistency_s.
         self.store = IndexStore(self.cfg.index)
         self.requests = metrics.Counter("omniret_http_requests", description="HTTP requests by path and status.",

@@ -41,6 +41,7 @@ from omniret.serving.api import (
 )
 from omniret.serving.backend import Backend, ServerError
 from omniret.serving.ingestion import save_uploads
+from omniret.serving.ume import check_mode
 
 log = logging.getLogger(__name__)
 
@@ -213,13 +214,17 @@ def create_api(backend: Backend, cfg: OmniretConfig, store: Any = None,
     @app.post("/v1/embeddings")
     async def embeddings(request: EmbeddingsRequest) -> dict:
         _check_model(request.model)
+        check_mode(backend, request.mode)
         if request.dimensions is not None and request.dimensions > backend.dim:
             raise InputError("dimensions", f"at most {backend.dim}")
         with parser() as inputs:
             instruction = inputs.instruction(request.instruction, "instruction")
             # Decoding base64, probing headers and PDFs is blocking work: keep it off the event loop.
             items = await asyncio.to_thread(inputs.items, request.input, "input", instruction)
-            vectors = (await backend.embed(items, request.dimensions, inputs.pixels)).unwrap()
+            if request.mode is not None:  # UME-R1 modes (omniret.serving.ume)
+                vectors = (await backend.embed_mode(items, request.dimensions, request.mode, inputs.pixels)).unwrap()
+            else:
+                vectors = (await backend.embed(items, request.dimensions, inputs.pixels)).unwrap()
         tokens = sum(len((item.text or "").split()) for item in items)
         return {"object": "list", "model": backend.model_id,
                 "data": [{"object": "embedding", "index": i, "embedding": encode_vector(v, request.encoding_format)}

@@ -470,6 +470,8 @@ class TrainWorker:
             if self.rank == 0:
                 ckpt.save_model(folder, self.model, self.cfg.train.mode, self.base_dir, self.backbone.head)
                 save_pooling(folder, self.backbone.pooling)  # the checkpoint embeds as it was trained
+                if hasattr(self.objective, "save_files"):  # files of the objective's own (a grown tokenizer)
+                    self.objective.save_files(folder)
                 state = {"step": self.step, "total_steps": self.total_steps, "sampler": self.sampler.state_dict(),
                          "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))}}
                 info = {"mode": self.cfg.train.mode, "base": str(self.base_dir), "step": self.step,

@@ -77,6 +77,7 @@ def rebase(cfg: OmniretConfig, root: Path) -> OmniretConfig:
 
     out = cfg.model_copy(deep=True)
     out.data.train = [under(p) for p in out.data.train]
+    out.model.reasoning_from = [under(p) for p in out.model.reasoning_from]
     out.data.root, out.eval.root = under(out.data.root), under(out.eval.root)
     out.train.output_dir = under(out.train.output_dir)
     out.train.init_from, out.eval.out, out.mine.out = under(out.train.init_from), under(out.eval.out), under(out.mine.out)

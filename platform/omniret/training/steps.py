@@ -18,7 +18,8 @@ once its model is loaded (``build(worker)``):
 
 Objectives: ``contrastive`` (:class:`~omniret.training.loop.ContrastiveStep`: GradCache or a plain
 full-batch step over the registry's contrastive losses) and ``rerank``
-(:class:`~omniret.training.rerank.RerankStep`: yes/no cross-entropy of the reranker) and ``ume_grpo``
+(:class:`~omniret.training.rerank.RerankStep`: yes/no cross-entropy of the reranker), ``ume_sft``
+(:class:`~omniret.training.ume_sft.UmeSftStep`: UME-R1's SFT of a generative embedder) and ``ume_grpo``
 (:class:`~omniret.training.ume_grpo.GrpoStep`: UME-R1's GRPO, rollouts sampled inside the step).
 """
 
@@ -58,6 +59,10 @@ def build_step(worker) -> TrainStep:
         from omniret.training.rerank import RerankStep
 
         return RerankStep(worker)
+    if objective == "ume_sft":
+        from omniret.training.ume_sft import UmeSftStep
+
+        return UmeSftStep(worker)
     if objective == "ume_grpo":
         from omniret.training.ume_grpo import GrpoStep
 

@@ -88,6 +88,7 @@ def resolve(cfg: OmniretConfig) -> OmniretConfig:
         if model.head:
             model.head = str(Path(model.head).expanduser().resolve())
     out.data.train = [str(Path(p).expanduser().resolve()) for p in out.data.train]
+    out.model.reasoning_from = [str(Path(p).expanduser().resolve()) for p in out.model.reasoning_from]
     if out.data.root:
         out.data.root = str(Path(out.data.root).expanduser().resolve())
     out.eval.root = str(Path(out.eval.root).expanduser().resolve())
