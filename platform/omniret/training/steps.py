@@ -17,7 +17,7 @@ once its model is loaded (``build(worker)``):
   model in training (``embedder=...`` and, for a reranker, ``reranker=...``).
 
 Objectives: ``contrastive`` (:class:`~omniret.training.loop.ContrastiveStep`: GradCache or a plain
-full-batch step over the registry's contrastive losses) and ``rerank``
+full-batch step over the registry's contrastive losses), ``rerank``
 (:class:`~omniret.training.rerank.RerankStep`: yes/no cross-entropy of the reranker), ``ume_sft``
 (:class:`~omniret.training.ume_sft.UmeSftStep`: UME-R1's SFT of a generative embedder) and ``ume_grpo``
 (:class:`~omniret.training.ume_grpo.GrpoStep`: UME-R1's GRPO, rollouts sampled inside the step).

@@ -131,7 +131,6 @@ class GrpoStep:
         self.net = worker.ctx.prepare_model(PolicyForward(worker.model))
         self.loss = torch.nn.Module()  # no loss parameters (the worker's optimizer group stays empty)
         self.reference = (Reference(worker.model, t.mode, lambda: self._load_start(worker)) if g.beta else None)
-        self._embedder = None
         self._generator = None
 
     # ---- TrainStep --------------------------------------------------------------------------
@@ -164,13 +163,15 @@ class GrpoStep:
         return dict(out.metrics)
 
     def eval_models(self) -> dict[str, Any]:
-        if self._embedder is None:
-            from omniret.models.embedder import Embedder
+        """The discriminative read-out of the policy, as an embedder for the in-training evaluation (the
+        generative and auto modes are scored by ``omniret eval`` with ``eval.ume_modes``)."""
+        from omniret.models.generative import UmeModeEmbedder
 
-            self._embedder = Embedder(self.backbone, self.cfg.media,
-                                      self.cfg.embed.model_copy(update={"progress": False}),
-                                      self.cfg.model.template, self.cfg.model.max_length)
-        return {"embedder": self._embedder}
+        return {"embedder": UmeModeEmbedder(self.generator, "disc", self.cfg.ume.max_new_tokens)}
+
+    def save_files(self, folder) -> None:
+        """Checkpoints carry the tokenizer with the embedding tokens."""
+        self.tokenizer.save_pretrained(str(folder))
 
     # ---- rollouts ---------------------------------------------------------------------------
     @property
@@ -184,10 +185,10 @@ class GrpoStep:
     def rollout(self, sides: Sequence[Side], names: Sequence[str], seed: int) -> Rollout:
         """G sampled completions per side (seeded: a resumed step samples what the first attempt sampled)."""
         g, gen = self.g, self.generator
-        items = [s.to_item(name=n) for s, n in zip(sides, names, strict=True)]
-        out = gen.generate(items, max_new_tokens=g.max_completion_length, sample=True, seed=seed,
-                           num_return_sequences=g.num_generations, temperature=g.temperature, top_p=g.top_p)
-        rows = [e for e in gen.prepare(items) for _ in range(g.num_generations)]
+        encoded = gen.prepare([s.to_item(name=n) for s, n in zip(sides, names, strict=True)])
+        out = gen.generate_prepared(encoded, max_new_tokens=g.max_completion_length, sample=True, seed=seed,
+                                    num_return_sequences=g.num_generations, temperature=g.temperature, top_p=g.top_p)
+        rows = [e for e in encoded for _ in range(g.num_generations)]
         ids, mask = pad_completions(out.completion_ids, gen.pad_id)
         prompts = {k: v.to(self.device) for k, v in gen.collate(rows).items()}
         batch, length, mask = gen.completion_batch(prompts, ids.to(self.device), mask.to(self.device))
