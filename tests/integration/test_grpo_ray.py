@@ -5,13 +5,9 @@ resumes from the latest checkpoint with the same step count and batches."""
 from __future__ import annotations
 
 import csv
-import json
-import os
-import signal
-import threading
-import time
 
 import pytest
+from train_faults import fit_killing_rank1
 
 from omniret.config import SyntheticConfig, load_config
 from omniret.data.mixing import load_mixture
@@ -22,7 +18,6 @@ from omniret.models.generative import has_embedding_tokens
 from omniret.training import checkpoint as ckpt
 from omniret.training.logbook import read_events
 from omniret.training.sampling import BatchSampler
-from omniret.training.trainer import fit
 
 pytestmark = pytest.mark.slow
 
@@ -57,23 +52,7 @@ def test_two_worker_grpo_checkpoints_and_resumes_after_a_killed_worker(ray_sessi
         "train.num_to_keep=2", "train.eval_at_end=false", "train.lr=1e-4", "grpo.num_generations=2",
         "grpo.max_completion_length=6"])
     run_dir = tmp_path / "grpo"
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=fit(cfg)), daemon=True)
-    thread.start()
-    killed = registered = None
-    deadline = time.monotonic() + 300
-    while killed is None and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.1)
-        # Kill only once Ray Train has registered a checkpoint (its controller polls every 2 s).
-        snapshot = run_dir / "checkpoint_manager_snapshot.json"
-        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") if snapshot.is_file() else None
-        starts = [e for e in read_events(run_dir) if e["event"] == "start"]
-        if latest and starts and latest["metrics"]["step"] < total - 2:
-            registered = latest["metrics"]["step"]
-            killed = starts[0]["pids"][1]
-            os.kill(killed, signal.SIGKILL)  # rank 1 dies mid-run
-    assert killed is not None, "the run ended before a worker could be killed"
-    thread.join(timeout=400)
+    outcome, registered = fit_killing_rank1(cfg, run_dir, before_step=total - 2, timeout=300)
     assert "result" in outcome
 
     events = read_events(run_dir)
