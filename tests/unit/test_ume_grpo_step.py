@@ -131,3 +131,15 @@ def test_rows_must_be_whole_groups(start_dir):
                   r.completion_mask[:3], r.texts[:3], r.embeddings[:3], r.found[:3])
     with pytest.raises(ValueError, match="whole groups"):
         step.step_on(odd, odd)
+
+
+def test_an_unreadable_pair_is_left_out_of_the_step_with_its_reason(start_dir, tmp_path):
+    from omniret.data.schema import Pair, Side
+
+    step = GrpoStep(_worker(start_dir))
+    good = Pair(Side(text="a red circle"), [Side(text="red")], dataset="d", task="qa", id="good")
+    bad = Pair(Side(text="see", images=[str(tmp_path / "missing.png")]), [Side(text="x")], dataset="d", task="qa",
+               id="bad")
+    inputs = step.inputs([good, bad])
+    assert inputs.rows == 1 and inputs.names == ["good"]
+    assert len(inputs.dropped) == 1 and inputs.dropped[0].startswith("bad:") and "missing.png" in inputs.dropped[0]
