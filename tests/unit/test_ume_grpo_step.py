@@ -143,3 +143,25 @@ def test_an_unreadable_pair_is_left_out_of_the_step_with_its_reason(start_dir, t
     inputs = step.inputs([good, bad])
     assert inputs.rows == 1 and inputs.names == ["good"]
     assert len(inputs.dropped) == 1 and inputs.dropped[0].startswith("bad:") and "missing.png" in inputs.dropped[0]
+
+
+def test_lora_reference_is_the_policy_with_its_adapter_disabled(start_dir):
+    from omniret.config import LoraConfig
+    from omniret.models.adapters import attach_lora
+    from omniret.training.rl.policy import Reference, forward_completions
+
+    worker = _worker(start_dir)
+    base = copy.deepcopy(worker.model)
+    policy = attach_lora(worker.model, LoraConfig(r=4, dropout=0.0))
+    with torch.no_grad():  # a trained adapter: LoRA's B starts at zero, so move it
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    tok = worker.backbone.tokenizer
+    r = _rollout(tok, tok.convert_tokens_to_ids(GEN_EMB), [0], [GOOD] * 4, 4)
+    ref = Reference(policy, "lora").logprobs(r.batch, r.prompt_length, r.completion_ids)
+    with torch.no_grad():
+        expected = forward_completions(base, r.batch, r.prompt_length, r.completion_ids)
+        trained = forward_completions(policy, r.batch, r.prompt_length, r.completion_ids)
+    torch.testing.assert_close(ref, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(trained, expected, atol=1e-4)  # the adapter is back on afterwards
