@@ -51,6 +51,8 @@ def test_modes_side_by_side_with_latency(ume_checkpoint, bench, tmp_path):
     assert modes["disc"]["items"] > queries  # queries and candidates, every mode the same items
     assert all(m["items"] == modes["disc"]["items"] for m in modes.values())
     assert all(m["seconds_per_item"] > 0 for m in modes.values())
+    # auto reuses gen's generations and reports their time
+    assert modes["auto"]["seconds_per_item"] == pytest.approx(modes["gen"]["seconds_per_item"])
     # the random tiny model never writes <gen_emb>: auto falls back to the discriminative embedding everywhere
     assert modes["gen"]["gen_emb_share"] == 0.0 and modes["disc"]["gen_emb_share"] is None
     assert modes["auto"]["scores"] == modes["disc"]["scores"]

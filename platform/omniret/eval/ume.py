@@ -5,7 +5,8 @@ and is scored by the ordinary runner (same datasets, metrics, ties and MMEB aggr
 is the first mode's ordinary report plus ``ume``: per mode the summary (per meta-task and task group),
 per-dataset scores, seconds per embedded item (wall time of embedding, in this process, greedy
 generation of at most ``ume.max_new_tokens`` for gen and auto) and the share of items whose completion
-had a ``<gen_emb>``. A checkpoint without the tokens is refused with an error naming ``eval.ume_modes``.
+had a ``<gen_emb>``. gen and auto share one generation per item (auto reports the time of the generation
+it reused: it costs what gen costs). A checkpoint without the tokens is refused with an error naming ``eval.ume_modes``.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def evaluate_modes(cfg: OmniretConfig, datasets: list[EvalDataset], skipped: lis
     from omniret.models.generative import UmeModeEmbedder
 
     view = view or load_view(cfg)
-    first, modes = None, {}
+    first, modes, generations = None, {}, {}
     for mode in dict.fromkeys(cfg.eval.ume_modes):
-        embedder = UmeModeEmbedder(view, mode, cfg.ume.max_new_tokens, model_tag(cfg.model))
+        embedder = UmeModeEmbedder(view, mode, cfg.ume.max_new_tokens, model_tag(cfg.model), shared=generations)
         report = evaluate(cfg, datasets, embedder=embedder, skipped=skipped)
         items = max(embedder.items, 1)
         modes[mode] = {"summary": report["summary"], "scores": {r["name"]: r["score"] for r in report["datasets"]},

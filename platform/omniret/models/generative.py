@@ -316,10 +316,11 @@ class UmeModeEmbedder:
     read-out (fallback when the completion has none). ``auto``: the same generation, the generative
     embedding where the completion has a ``<gen_emb>`` and the discriminative one (same forward pass)
     where it has not: our rule, the model chooses by what it writes. ``seconds`` / ``items`` add up the
-    time spent embedding, for latency per item.
+    time spent embedding, for latency per item. Rows of a generation batch share its time equally.
     """
 
-    def __init__(self, view: GenerativeEmbedder, mode: str, max_new_tokens: int = 256, model_id: str | None = None):
+    def __init__(self, view: GenerativeEmbedder, mode: str, max_new_tokens: int = 256, model_id: str | None = None,
+                 shared: dict | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown UME-R1 mode {mode!r}; choose one of {', '.join(MODES)}")
         from omniret.config import EmbedConfig
@@ -329,6 +330,9 @@ class UmeModeEmbedder:
         self.embed_cfg = EmbedConfig(progress=False)
         self.model_id = model_id or view.backbone.path.name
         self.seconds, self.items, self.generated = 0.0, 0, 0  # generated: rows whose completion had <gen_emb>
+        # gen and auto of one evaluation share their generations (prompt -> gen, disc, found, seconds): auto
+        # then reports the generation time it reused, not the look-up's
+        self.shared = shared
 
     @property
     def dim(self) -> int:
@@ -351,14 +355,36 @@ class UmeModeEmbedder:
             parts = [self.view.disc_forward(self.view.collate(encoded[s:s + self.view.batch_size]))[0].cpu()
                      for s in range(0, len(encoded), self.view.batch_size)]
             vectors = torch.cat(parts) if parts else torch.zeros(0, self.dim)
+            self.seconds += time.perf_counter() - started
         else:
-            out = self.view.generate_prepared(encoded, self.max_new_tokens)
-            vectors = torch.from_numpy(out.embeddings if self.mode == "gen" else out.auto())
-            self.generated += int(out.found.sum())
-        vectors = matryoshka(vectors, dimensions).numpy().astype(np.float32)
-        self.seconds += time.perf_counter() - started
+            rows = self._generated(encoded)
+            found = np.array([r[2] for r in rows], dtype=bool)
+            vectors = torch.from_numpy(np.stack([r[0] if self.mode == "gen" or r[2] else r[1] for r in rows])
+                                       if rows else np.zeros((0, self.dim), np.float32))
+            self.generated += int(found.sum())
+            self.seconds += sum(r[3] for r in rows)
         self.items += len(encoded)
-        return vectors
+        return matryoshka(vectors, dimensions).numpy().astype(np.float32)
+
+    def _generated(self, encoded: list[Encoded]) -> list[tuple[np.ndarray, np.ndarray, bool, float]]:
+        """(gen, disc, found, seconds) per prompt: generated here, or reused from ``shared``."""
+        memo = self.shared if self.shared is not None else {}
+        keys = [_prompt_key(e) for e in encoded]
+        todo = [i for i, k in enumerate(keys) if k not in memo]
+        if todo:
+            started = time.perf_counter()
+            out = self.view.generate_prepared([encoded[i] for i in todo], self.max_new_tokens)
+            each = (time.perf_counter() - started) / len(todo)
+            for row, i in enumerate(todo):
+                memo[keys[i]] = (out.embeddings[row], out.disc[row], bool(out.found[row]), each)
+        return [memo[k] for k in keys]
+
+
+def _prompt_key(encoded: Encoded) -> tuple:
+    """What identifies a prompt: its token ids and the bytes of its visuals."""
+    import hashlib
+
+    return (tuple(encoded.input_ids), tuple(hashlib.sha256(v.patches.tobytes()).hexdigest() for v in encoded.visuals))
 
 
 def pad_completions(completions: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -89,6 +89,12 @@ class EncodeCache:
         return encoded
 
 
+def leave_out(dropped: list[str], name: str, exc: Exception) -> None:
+    """Record (``"pair id: reason"``) and log a pair that cannot be used in this step."""
+    dropped.append(f"{name}: {exc}")
+    log.warning("training pair %s left out of the step: %s", name, exc)
+
+
 def _encode(encoder: InputEncoder, side: Side, label: str) -> Encoded:
     return encoder.encode(side.to_item(name=label))
 
@@ -160,8 +166,7 @@ def encode_pairs(pairs: Sequence[Pair], encoder: InputEncoder, negatives: int = 
             makers = [functools.partial(_encode, encoder, s, f"{name} {role}") for s, role in roles]
             encoded = [cache.get(s.key(), make) if cache else make() for (s, _), make in zip(roles, makers, strict=True)]
         except (MediaError, OSError, ValueError) as exc:
-            out.dropped.append(f"{name}: {exc}")
-            log.warning("training pair %s left out of the step: %s", name, exc)
+            leave_out(out.dropped, name, exc)
             continue
         out.queries.append(encoded[0])
         out.targets.append(encoded[1])

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,9 +33,7 @@ from omniret.losses.rerank import RerankLoss
 from omniret.models.encoding import Encoded
 from omniret.models.reranker import Reranker
 from omniret.training.gradcache import average_gradients
-from omniret.training.inputs import EncodeCache, training_side
-
-log = logging.getLogger(__name__)
+from omniret.training.inputs import EncodeCache, leave_out, training_side
 
 
 @dataclass
@@ -78,8 +75,7 @@ def encode_groups(pairs: Sequence[Pair], reranker: Reranker, negatives: int = 0,
                 key = f"{query.key()}\x00{document.key()}"
                 group.append(cache.get(key, make) if cache else make())
         except (MediaError, OSError, ValueError) as exc:
-            out.dropped.append(f"{name}: {exc}")
-            log.warning("training pair %s left out of the step: %s", name, exc)
+            leave_out(out.dropped, name, exc)
             continue
         out.pairs += group
     return out

@@ -22,7 +22,9 @@ cached embeddings of a no-grad pass (chunks of ``train.query_chunk_size`` querie
 targets), then each chunk is forwarded again with autograd and backpropagates
 ``<disc, dL/d disc> + <gen, dL/d gen> + NTP_sum / tokens_of_the_side``: the NTP terms are sums over
 tokens, exact per chunk with the full batch's normaliser and need no cache. Without GradCache the
-whole local batch is one forward per side. Either way the gradient is the full batch's.
+whole local batch is one forward per side. Either way the gradient is the full batch's. On several
+workers NTP is the per-token mean over every worker's targets (token counts are all-gathered), so two
+workers train exactly as one process on the same batch.
 """
 
 from __future__ import annotations
@@ -37,13 +39,13 @@ import torch
 
 from omniret.data.schema import Pair, Side
 from omniret.errors import ConfigError, MediaError
-from omniret.losses.base import LossOutput
+from omniret.losses.base import LossOutput, all_gather_no_grad, dist_info
 from omniret.losses.ume_sft import UmeSftLoss, ntp_mean
 from omniret.models.encoding import Encoded
 from omniret.models.gen_tokens import add_embedding_tokens
 from omniret.models.generative import GenerativeEmbedder, UmeNetwork, pad_completions
 from omniret.training.gradcache import RngState, average_gradients, chunked
-from omniret.training.inputs import EncodeCache, training_side
+from omniret.training.inputs import EncodeCache, leave_out, training_side
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +106,7 @@ def encode_ume(pairs: Sequence[Pair], view: GenerativeEmbedder, max_target_token
                 encoded.append(_prompt(view, side, f"{name} {role}", cache))
                 cots.append(target_ids(view, side.reasoning, max_target_tokens))
         except (MediaError, OSError, ValueError) as exc:
-            out.dropped.append(f"{name}: {exc}")
-            log.warning("training pair %s left out of the step: %s", name, exc)
+            leave_out(out.dropped, name, exc)
             continue
         out.queries.append(encoded[0])
         out.targets.append(encoded[1])
@@ -169,9 +170,19 @@ class UmeSftStep:
             average_gradients(self.net)
         return out
 
+    def _token_norm(self, cots: list[list[int]]) -> float:
+        """The NTP normaliser of one side on this rank: its target tokens on every rank / world size. A rank's
+        ``sum / norm`` then averages over ranks (DDP's gradient average) to the global per-token mean, as the
+        contrastive losses' rank convention does (omniret.losses.base)."""
+        _, world = dist_info()
+        count = torch.tensor([float(sum(len(c) for c in cots))], dtype=torch.float64,
+                             device=next(self.net.parameters()).device)
+        return float(all_gather_no_grad(count).sum()) / world
+
     def _plain(self, inputs: UmeInputs) -> LossOutput:
-        dq, gq, fq, sq, nq = self._forward(inputs.queries, inputs.query_cot)
-        dt, gt, ft, st, nt = self._forward(inputs.targets, inputs.target_cot)
+        dq, gq, fq, sq, _ = self._forward(inputs.queries, inputs.query_cot)
+        dt, gt, ft, st, _ = self._forward(inputs.targets, inputs.target_cot)
+        nq, nt = self._token_norm(inputs.query_cot), self._token_norm(inputs.target_cot)
         out = self.loss(dq, dt, gq, gt, (sq, nq), (st, nt))
         out.loss.backward()
         out.metrics["gen_found"] = float(torch.cat([fq, ft]).float().mean())
@@ -181,25 +192,24 @@ class UmeSftStep:
         t = self.cfg.train
         sides = [(inputs.queries, inputs.query_cot, t.query_chunk_size),
                  (inputs.targets, inputs.target_cot, t.target_chunk_size)]
-        plans, cached, tokens, found = [], [], [], []
+        plans, cached, found = [], [], []
         with torch.no_grad():  # 1. embeddings of every chunk, without a graph
             for prompts, cots, size in sides:
                 chunks = list(zip(chunked(prompts, size), chunked(cots, size), strict=True))
                 states, disc, gen = [], [], []
                 for p, c in chunks:
                     states.append(RngState.capture())
-                    d, g, f, _, n = self._forward(list(p), list(c))
+                    d, g, f, _, _ = self._forward(list(p), list(c))
                     disc.append(d)
                     gen.append(g)
                     found.append(f)
-                    tokens.append(n)
                 plans.append((chunks, states))
                 cached.append((torch.cat(disc).requires_grad_(), torch.cat(gen).requires_grad_()))
         # 2. the contrastive terms on the cached embeddings: d L / d embedding of every row
         (dq, gq), (dt, gt) = cached
         clip = self.loss.contrastive(dq, dt, gq, gt)
         clip.loss.backward()
-        side_tokens = [sum(float(n) for n in tokens[:len(plans[0][0])]), sum(float(n) for n in tokens[len(plans[0][0]):])]
+        side_tokens = [self._token_norm(inputs.query_cot), self._token_norm(inputs.target_cot)]
         ntp = []
         # 3. each chunk again with autograd: the cached gradient and its share of the NTP mean
         for (chunks, states), (disc, gen), count in zip(plans, cached, side_tokens, strict=True):
