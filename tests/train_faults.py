@@ -36,3 +36,21 @@ def fit_killing_rank1(cfg, run_dir, before_step: int, timeout: float = 240) -> t
     assert killed is not None, "the run ended before a worker could be killed"
     thread.join(timeout=timeout + 60)
     return outcome, registered
+
+
+def assert_uninterrupted_batches(cfg, run_dir, total: int) -> list[dict]:
+    """Every step 1..total is in metrics.csv, each (including those redone after a failure) with the batch an
+    uninterrupted run draws; returns the rows."""
+    import csv
+
+    from omniret.data.mixing import load_mixture
+    from omniret.training.sampling import BatchSampler
+
+    sampler = BatchSampler(load_mixture(cfg.data)[0], cfg.train.batch_size, seed=cfg.train.seed)
+    expected = [sampler.next().fingerprint() for _ in range(total)]
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({int(r["step"]) for r in rows}) == list(range(1, total + 1))
+    for row in rows:
+        assert int(row["batch"]) == expected[int(row["step"]) - 1]
+    return rows

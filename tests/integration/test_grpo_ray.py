@@ -4,20 +4,16 @@ resumes from the latest checkpoint with the same step count and batches."""
 
 from __future__ import annotations
 
-import csv
-
 import pytest
-from train_faults import fit_killing_rank1
+from train_faults import assert_uninterrupted_batches, fit_killing_rank1
 
 from omniret.config import SyntheticConfig, load_config
-from omniret.data.mixing import load_mixture
 from omniret.data.synthetic import generate_benchmark
 from omniret.models.backbone import load_backbone
 from omniret.models.gen_tokens import add_embedding_tokens
 from omniret.models.generative import has_embedding_tokens
 from omniret.training import checkpoint as ckpt
 from omniret.training.logbook import read_events
-from omniret.training.sampling import BatchSampler
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +31,6 @@ def setup(tmp_path_factory, tiny_dirs):
     backbone.tokenizer.save_pretrained(root / "start")
     ckpt.copy_side_files(source, root / "start")
     return root
-
-
-def _rows(run_dir):
-    with (run_dir / "metrics.csv").open() as f:
-        return list(csv.DictReader(f))
 
 
 def test_two_worker_grpo_checkpoints_and_resumes_after_a_killed_worker(ray_session, setup, tmp_path):
@@ -62,12 +53,7 @@ def test_two_worker_grpo_checkpoints_and_resumes_after_a_killed_worker(ray_sessi
     assert resumed_at % 2 == 0 and resumed_at >= registered
     assert next(e for e in events if e["event"] == "done")["step"] == total
     # every step, including those redone after the failure, trained on the uninterrupted run's batch
-    sampler = BatchSampler(load_mixture(cfg.data)[0], cfg.train.batch_size, seed=cfg.train.seed)
-    expected = [sampler.next().fingerprint() for _ in range(total)]
-    rows = _rows(run_dir)
-    assert sorted({int(r["step"]) for r in rows}) == list(range(1, total + 1))
-    for row in rows:
-        assert int(row["batch"]) == expected[int(row["step"]) - 1]
+    for row in assert_uninterrupted_batches(cfg, run_dir, total):
         assert row["pairs"] == "4"
         # 2 pairs x G=2 completions per worker and side, scored against both workers' completions
         assert 0.0 <= float(row["format_reward"]) <= 1.0 and float(row["completion_tokens"]) > 0

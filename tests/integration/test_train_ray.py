@@ -7,14 +7,12 @@ from __future__ import annotations
 import csv
 
 import pytest
-from train_faults import fit_killing_rank1
+from train_faults import assert_uninterrupted_batches, fit_killing_rank1
 
 from omniret.config import SyntheticConfig, load_config
-from omniret.data.mixing import load_mixture
 from omniret.data.synthetic import generate_benchmark
 from omniret.training import checkpoint as ckpt
 from omniret.training.logbook import read_events
-from omniret.training.sampling import BatchSampler
 from omniret.training.trainer import fit
 
 pytestmark = pytest.mark.slow
@@ -91,10 +89,5 @@ def test_killed_worker_resumes_from_checkpoint_with_same_steps_and_sampler(ray_s
     assert next(e for e in events if e["event"] == "done")["step"] == total
 
     # every step, including those redone after the failure, drew exactly the uninterrupted run's batch
-    sampler = BatchSampler(load_mixture(cfg.data)[0], cfg.train.batch_size, seed=cfg.train.seed)
-    expected = [sampler.next().fingerprint() for _ in range(total)]
-    rows = _rows(run_dir)
-    assert sorted({int(r["step"]) for r in rows}) == list(range(1, total + 1))
-    for row in rows:
-        assert int(row["batch"]) == expected[int(row["step"]) - 1]
+    assert_uninterrupted_batches(cfg, run_dir, total)
     assert ckpt.read_state(run_dir / f"checkpoint_{total:06d}")["step"] == total
