@@ -144,6 +144,16 @@ def cmd_reason_facts(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     return 0
 
 
+def cmd_select_reasoning(args: argparse.Namespace, cfg: OmniretConfig) -> int:
+    from omniret.training.rl.selection import run_selection
+
+    if args.pairs:
+        cfg.data.train = [str(p) for p in args.pairs]
+    summary = run_selection(cfg, args.candidates, args.out, args.margin)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_balance(args: argparse.Namespace, cfg: OmniretConfig) -> int:
     import yaml
 
@@ -340,6 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", action="store_true", help="also the recall of a reasoner that ignores its input "
                    "(the teacher's most frequent ECR of each template)")
     p.set_defaults(config=None, overrides=[])  # reads ECR files only: no configuration
+
+    p = add("select-reasoning", cmd_select_reasoning, "MMEmb-R1 pair-aware selection: keep a sampled reasoning "
+            "of each query only where it brings the positive closer under the current embedder (model); write "
+            "the SFT traces (ecr.jsonl) and the decisions")
+    p.add_argument("--candidates", nargs="+", type=Path, required=True,
+                   help="ECR files or folders of candidate reasonings (e.g. one `omniret reason` run per seed)")
+    p.add_argument("--pairs", action="append", type=Path, help="pair file or folder (default: data.train)")
+    p.add_argument("--out", type=Path, required=True, help="folder for ecr.jsonl, selection.jsonl, summary.json")
+    p.add_argument("--margin", type=float, default=0.0, help="keep a reasoning only when Delta > margin")
+    _add_config_args(p)
 
     p = add("balance", cmd_balance, "sampling weights of the training groups from their embedding similarity "
             "to the evaluation sets (k-means + Sinkhorn + softmax)")

@@ -352,14 +352,14 @@ class TrainConfig(Section):
     """Contrastive training on Ray Train: scale, what is trained, schedule, batching, checkpoints, evaluation."""
 
     name: str = Field("run", description="Run name: the folder under output_dir; running it again resumes it.")
-    objective: Literal["contrastive", "rerank", "merge", "ume_sft", "rematch", "reason_sft"] = Field(
+    objective: Literal["contrastive", "rerank", "merge", "ume_sft", "ume_grpo", "rematch", "reason_sft"] = Field(
         "contrastive", description="contrastive: train the embedder (`model`); rerank: train the yes/no reranker "
         "(`rerank.model`) on the same pairs, `model` being the embedder that retrieves for its evaluation; "
         "reason_sft: fine-tune the reasoner (`reason.model`) on stored ECR (`reason.sft_from`), TTE_s; "
         "merge (a recipe stage, no training): merge `merge.checkpoints` (default: the last two embedder "
         "stages' outputs) into this stage's final/ and evaluate it; ume_sft: UME-R1's SFT of `model` (disc + gen "
-        "contrastive + next-token loss on teacher CoT, section `ume`); rematch: ReMatch's L_cl + L_orth + L_qdm "
-        "(model.rematch).")
+        "contrastive + next-token loss on teacher CoT, section `ume`); ume_grpo: UME-R1's GRPO on the "
+        "generative embedding (section `grpo`); rematch: ReMatch's L_cl + L_orth + L_qdm (model.rematch).")
     output_dir: str = Field(".omniret/runs", description="Where runs live (shared storage on multi-node).")
     init_from: str | None = Field(
         None, description="Start from a previous stage: its run folder (final/ is used) or a checkpoint folder.")
@@ -511,6 +511,22 @@ class MergeConfig(Section):
     out: str | None = Field(None, description="Output checkpoint folder.")
 
 
+class GrpoConfig(Section):
+    """UME-R1's GRPO stage (train.objective=ume_grpo) and MMEmb-R1's adaptive reasoning (METHODS 5.3, 9.1)."""
+
+    num_generations: int = Field(8, ge=2, description="G completions sampled per query and per target.")
+    max_completion_length: int = Field(2048, ge=1, description="Generation budget; also the loss's normaliser.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    eps_low: float = Field(0.2, ge=0, lt=1, description="Lower clip of the ratio (1 - eps_low).")
+    eps_high: float = Field(0.28, ge=0, description="Upper clip of the ratio (1 + eps_high).")
+    beta: float = Field(0.04, ge=0, description="Weight of the k3 KL against the frozen reference (0: no reference).")
+    adaptive: bool = Field(False, description="MMEmb-R1: rollouts are forced to open with <think>; the next token "
+                           "is the policy's choice between reasoning and an empty block (no-think).")
+    think_cost: float = Field(0.0, ge=0, description="Reward charged per reasoning token (between <think> and "
+                              "</think>); 0: UME-R1's reward.")
+
+
 class OmniretConfig(Section):
     model: ModelConfig = ModelConfig()
     media: MediaConfig = MediaConfig()
@@ -525,6 +541,7 @@ class OmniretConfig(Section):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     mine: MineConfig = MineConfig()
+    grpo: GrpoConfig = GrpoConfig()
     reason: ReasonConfig = ReasonConfig()
     score: ScoreConfig = ScoreConfig()
     merge: MergeConfig = MergeConfig()

@@ -5,20 +5,14 @@ with the same step count and sampler position."""
 from __future__ import annotations
 
 import csv
-import json
-import os
-import signal
-import threading
-import time
 
 import pytest
+from train_faults import assert_uninterrupted_batches, fit_killing_rank1
 
 from omniret.config import SyntheticConfig, load_config
-from omniret.data.mixing import load_mixture
 from omniret.data.synthetic import generate_benchmark
 from omniret.training import checkpoint as ckpt
 from omniret.training.logbook import read_events
-from omniret.training.sampling import BatchSampler
 from omniret.training.trainer import fit
 
 pytestmark = pytest.mark.slow
@@ -82,24 +76,7 @@ def test_killed_worker_resumes_from_checkpoint_with_same_steps_and_sampler(ray_s
     cfg = _cfg(tiny_dirs, bench, tmp_path, "killed", "train.workers=2", f"train.max_steps={total}",
                "train.checkpoint_every=3", "train.max_failures=1", "train.num_to_keep=2")
     run_dir = tmp_path / "killed"
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=fit(cfg)), daemon=True)
-    thread.start()
-    killed = registered = None
-    deadline = time.monotonic() + 240
-    while killed is None and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.1)
-        # Ray Train registers a reported checkpoint when its controller next polls the workers (every 2 s);
-        # kill only once one is registered, as a real failure long after the last report would find it.
-        snapshot = run_dir / "checkpoint_manager_snapshot.json"
-        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") if snapshot.is_file() else None
-        starts = [e for e in read_events(run_dir) if e["event"] == "start"]
-        if latest and starts and latest["metrics"]["step"] < total - 6:
-            registered = latest["metrics"]["step"]
-            killed = starts[0]["pids"][1]
-            os.kill(killed, signal.SIGKILL)  # rank 1 dies mid-run
-    assert killed is not None, "the run ended before a worker could be killed"
-    thread.join(timeout=300)
+    outcome, registered = fit_killing_rank1(cfg, run_dir, before_step=total - 6)
     assert "result" in outcome
 
     events = read_events(run_dir)
@@ -112,10 +89,5 @@ def test_killed_worker_resumes_from_checkpoint_with_same_steps_and_sampler(ray_s
     assert next(e for e in events if e["event"] == "done")["step"] == total
 
     # every step, including those redone after the failure, drew exactly the uninterrupted run's batch
-    sampler = BatchSampler(load_mixture(cfg.data)[0], cfg.train.batch_size, seed=cfg.train.seed)
-    expected = [sampler.next().fingerprint() for _ in range(total)]
-    rows = _rows(run_dir)
-    assert sorted({int(r["step"]) for r in rows}) == list(range(1, total + 1))
-    for row in rows:
-        assert int(row["batch"]) == expected[int(row["step"]) - 1]
+    assert_uninterrupted_batches(cfg, run_dir, total)
     assert ckpt.read_state(run_dir / f"checkpoint_{total:06d}")["step"] == total

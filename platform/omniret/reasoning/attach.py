@@ -48,7 +48,7 @@ def _report(what: str, found: int, missing: int) -> tuple[int, int]:
     return found, missing
 
 
-def _template_name(cfg: OmniretConfig, task: str) -> str:
+def template_name(cfg: OmniretConfig, task: str) -> str:
     """The reasoner template the ECR job used for ``task`` (reason.template, or by task group)."""
     return chosen_template(cfg.reason.template, task).name
 
@@ -66,7 +66,7 @@ def _apply(cfg: OmniretConfig, units: Iterable[tuple[str, list[Side], list[Side]
     lookup = _lookup(cfg)
     chosen = []
     for task, queries, targets in units:
-        template = _template_name(cfg, task)
+        template = template_name(cfg, task)
         for sides, on in ((queries, which in ("query", "both")), (targets, which in ("target", "both"))):
             for side in sides:
                 if on:

@@ -17,12 +17,13 @@ once its model is loaded (``build(worker)``):
   model in training (``embedder=...`` and, for a reranker, ``reranker=...``).
 
 Objectives: ``contrastive`` (:class:`~omniret.training.loop.ContrastiveStep`: GradCache or a plain
-full-batch step over the registry's contrastive losses) and ``rerank``
+full-batch step over the registry's contrastive losses), ``rerank``
 (:class:`~omniret.training.rerank.RerankStep`: yes/no cross-entropy of the reranker), ``ume_sft``
-(:class:`~omniret.training.ume_sft.UmeSftStep`: UME-R1's SFT of a generative embedder), ``rematch``
-(:class:`~omniret.training.rematch.ReMatchStep`: contrastive + orthogonality + multi-view matching) and
-``reason_sft`` (:class:`~omniret.training.reason_sft.ReasonSftStep`: next-token NLL of a reasoner on
-stored ECR; it has no retrieval evaluation: the worker skips evaluating it).
+(:class:`~omniret.training.ume_sft.UmeSftStep`: UME-R1's SFT of a generative embedder), ``ume_grpo``
+(:class:`~omniret.training.ume_grpo.GrpoStep`: UME-R1's GRPO, rollouts sampled inside the step),
+``rematch`` (:class:`~omniret.training.rematch.ReMatchStep`: contrastive + orthogonality + multi-view
+matching) and ``reason_sft`` (:class:`~omniret.training.reason_sft.ReasonSftStep`: next-token NLL of a
+reasoner on stored ECR; it has no retrieval evaluation: the worker skips evaluating it).
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ def build_step(worker) -> TrainStep:
         from omniret.training.reason_sft import ReasonSftStep
 
         return ReasonSftStep(worker)
+    if objective == "ume_grpo":
+        from omniret.training.ume_grpo import GrpoStep
+
+        return GrpoStep(worker)
     from omniret.training.loop import ContrastiveStep
 
     return ContrastiveStep(worker)
