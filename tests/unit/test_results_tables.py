@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from omniret.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,3 +73,18 @@ def test_reranker_stages_rows_per_stage_and_the_line(tmp_path):
     assert results_tables.sentence(stages, {"summary": summary(11.7)}, reports, sections) == (
         "Overall 11.7 (untrained) -> 40.0 -> 45.0 -> 47.0 on the generated benchmark (text overlap 34.3, "
         "chance 17.2); hit@1 of the last stage 53.0 alone, 60.0 with the trained reranker over its top 5")
+
+
+def test_random_order_of_the_top_k_gives_hit_at_k_over_k():
+    from omniret.training.recipe import random_order_hit1, stage_table
+
+    def ds(category, hit5, candidates):
+        return {"category": category, "metrics": {"hit@5": hit5}, "candidates": {"per_query_mean": candidates}}
+
+    report = {"datasets": [ds("Image", 1.0, 3), ds("Image", 0.5, 8), ds("Video", 0.8, 48)]}
+    expected = {"Image": (100 / 3 + 10) / 2, "Video": 16.0, "Overall": (100 / 3 + 10 + 16) / 3}
+    assert random_order_hit1(report, 5) == {k: pytest.approx(v) for k, v in expected.items()}
+    assert random_order_hit1({"datasets": [ds("Image", 1.0, 3)]}, 3) == {}  # hit@3 is not reported
+    report.update(summary=summary(40.0), rerank=rerank_section(50.0, 20.0))
+    stage = load_config(None, ["train.name=rr", "train.objective=rerank"])
+    assert "| embedder, its top 5 in random order, hit@1 (expected) | 21.7 | 16.0 | n/a | 19.8 |" in stage_table(stage, report)
