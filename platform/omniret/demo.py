@@ -8,7 +8,8 @@
 3. Ingest the corpus into LanceDB with Ray Data (idempotent: a re-run embeds nothing new).
 4. Serve /v1/embeddings, /v1/rerank and /search with Ray Serve and open the Gradio app; run every
    demo query through the API and print precision@1 (the first result is the right file and page),
-   with the reranker as well when a trained one is configured; stop cleanly on Ctrl-C.
+   with the reranker as well when a trained one is configured (the demo recipe trains one after the
+   embedder); stop cleanly on Ctrl-C.
 
 Everything is reused on the next run: corpus, benchmark, trained checkpoint and index.
 """
@@ -46,7 +47,7 @@ def demo_model(workdir: Path) -> list[str]:
     """Overrides selecting the demo model, training it (and its benchmark) when missing."""
     from omniret.data.synthetic import generate_benchmark
     from omniret.training.recipe import load_stages, run_stages
-    from omniret.training.trainer import stage_model
+    from omniret.training.trainer import run_dir_of, stage_model
 
     if not DEMO_RECIPE.is_file():
         raise FileNotFoundError(f"{DEMO_RECIPE} not found: run the demo from a checkout, or pass model.path")
@@ -56,28 +57,35 @@ def demo_model(workdir: Path) -> list[str]:
                                          f"model.tiny_dir={workdir / 'models' / 'demo'}"])
     # Ingest and search at the pixel budget the model was trained at (PDF pages at 64 visual tokens).
     pixels = f"media.max_pixels={stages[-1].media.max_pixels}"
-    trained = Path(stages[-1].train.output_dir) / stages[-1].train.name
-    if (trained / "final").is_dir():
-        print(f"using the demo model trained before in {trained}", flush=True)
-        return [*stage_model(trained), pixels]
+    embedder = [s for s in stages if s.train.objective != "rerank"][-1]
+    rerankers = [s for s in stages if s.train.objective == "rerank"]
+
+    def chosen() -> list[str]:
+        # the last embedder stage serves /v1/embeddings; the recipe's own reranker (its final/ is a
+        # full checkpoint) serves /v1/rerank and the demo's "vector + reranker" column
+        out = [*stage_model(run_dir_of(embedder)), pixels]
+        if rerankers:
+            out.append(f"rerank.model.path={run_dir_of(rerankers[-1]) / 'final'}")
+        return out
+
+    if all((run_dir_of(s) / "final").is_dir() for s in stages):
+        print(f"using the demo model trained before in {run_dir_of(embedder)}", flush=True)
+        return chosen()
     if not (bench / "eval").is_dir():
         print(f"generating the training benchmark in {bench} ...", flush=True)
         generate_benchmark(bench, stages[0].data.synthetic)
-    print("training the demo model (first run only; --fast skips it) ...", flush=True)
+    print("training the demo model" + (" and its reranker" if rerankers else "")
+          + " (first run only; --fast skips it) ...", flush=True)
     import ray
 
     # Its own Ray session, with worker output shown: the training's progress lines come from the
     # Ray Train worker. The demo's session that follows keeps worker logs (Serve's) out of the console.
+    # Finished stages are not trained again (an interrupted first run resumes where it stopped).
     try:
-        results = run_stages(stages)
+        run_stages(stages)
     finally:
         ray.shutdown()
-    embedders = [r for cfg, r in zip(stages, results, strict=True) if cfg.train.objective != "rerank"]
-    rerankers = [r for cfg, r in zip(stages, results, strict=True) if cfg.train.objective == "rerank"]
-    overrides = [*stage_model(embedders[-1].run_dir), pixels]
-    if rerankers:  # a recipe's own reranker for /v1/rerank (its final/ is a full checkpoint)
-        overrides.append(f"rerank.model.path={rerankers[-1].final}")
-    return overrides
+    return chosen()
 
 
 def configure(cfg: OmniretConfig, workdir: Path, fast: bool) -> OmniretConfig:
@@ -102,8 +110,8 @@ def configure(cfg: OmniretConfig, workdir: Path, fast: bool) -> OmniretConfig:
 def trained_reranker(cfg: OmniretConfig) -> bool:
     """Whether the configured reranker is a trained one (a reranker checkpoint of its own is set).
 
-    The embedding model's yes/no head is not trained by the demo recipe, so its scores would only
-    show the machinery; the demo then reports vector search alone.
+    The embedding model's own yes/no head is never trained, so its scores would only show the
+    machinery; without a reranker checkpoint the demo reports vector search alone.
     """
     return bool(cfg.rerank.model.path)
 

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "ray_jobs" / "configs"
 
 
-def test_quickstart_recipe_has_two_chained_stages_and_a_reranker_stage():
-    stage1, stage2, rerank = load_stages([CONFIGS / "quickstart.yaml"], ["train.output_dir=/runs"])
+def test_quickstart_recipe_follows_qwen3_vl_embedding_stages():
+    stage1, stage2, rerank, distill, merged = load_stages([CONFIGS / "quickstart.yaml"], ["train.output_dir=/runs"])
     assert (stage1.train.name, stage2.train.name) == ("quickstart-stage1", "quickstart-stage2")
     assert not stage1.train.instructions and stage1.train.negatives == 0
     assert stage2.train.instructions and stage2.train.negatives > 0 and stage2.mine.before_training
@@ -33,6 +33,14 @@ def test_quickstart_recipe_has_two_chained_stages_and_a_reranker_stage():
     assert stage1.train.output_dir == stage2.train.output_dir == "/runs"  # overrides reach every stage
     assert rerank.train.objective == "rerank" and rerank.eval.rerank_top_k > 0 and rerank.mine.before_training
     assert stage1.train.objective == stage2.train.objective == "contrastive" and not stage2.eval.rerank_top_k
+    # distillation: the reranker scores the pairs it trained on (same negatives), InfoNCE + weighted distill
+    assert distill.score.before_training and distill.mine.before_training
+    assert distill.mine.out == rerank.mine.out == ".omniret/runs/quickstart-stage2/mined"  # stage 2's, reused
+    assert distill.loss.name == "distill" and distill.loss.options["base"] == "infonce"
+    assert distill.loss.options["distill_weight"] > 0 and distill.train.negatives > 0
+    # the merge stage merges the distilled embedder with stage 2's; both are evaluated with the reranker
+    assert merged.train.objective == "merge" and merged.merge.method in ("linear", "ties")
+    assert distill.eval.rerank_top_k == merged.eval.rerank_top_k == rerank.eval.rerank_top_k
 
 
 @pytest.mark.slow
@@ -84,20 +92,32 @@ def test_bad_recipes_are_reported_by_name(tmp_path):
         load_stages([typo])
 
 
-@pytest.mark.slow
-def test_stages_chain_and_mine_between(tiny_dirs, tmp_path):
+def tiny_recipe(tmp_path: Path, model: Path, stages: list[dict], per_task: int, **train) -> Path:
+    """A recipe file over a generated two-task benchmark: 2 steps of batch 4 per stage, no evaluation."""
     bench = tmp_path / "bench"
-    generate_benchmark(bench, SyntheticConfig(train_per_task=8, eval_queries=2, tasks=["syn_cls_color", "syn_t2i"]))
+    generate_benchmark(bench, SyntheticConfig(train_per_task=per_task, eval_queries=2,
+                                              tasks=["syn_cls_color", "syn_t2i"]))
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
-        "model": {"path": str(tiny_dirs["qwen2_vl"])}, "data": {"train": [str(bench / "train")]},
-        "eval": {"root": str(bench / "eval")},
+        "model": {"path": str(model)}, "data": {"train": [str(bench / "train")]}, "eval": {"root": str(bench / "eval")},
         "train": {"output_dir": str(tmp_path / "runs"), "mode": "full", "batch_size": 4, "max_steps": 2,
-                  "checkpoint_every": 0, "eval_at_end": False, "torch_threads": 1},
-        "stages": [{"train": {"name": "one", "instructions": False}},
-                   {"train": {"name": "two", "negatives": 1}, "mine": {"before_training": True, "top_k": 1,
-                                                                       "skip_top": 0}},
-                   {"train": {"name": "merged", "objective": "merge", "eval_at_end": True}}]}))
+                  "checkpoint_every": 0, "eval_at_end": False, "torch_threads": 1, **train},
+        "stages": stages}))
+    return recipe
+
+
+def weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+@pytest.mark.slow
+def test_stages_chain_and_mine_between(tiny_dirs, tmp_path):
+    recipe = tiny_recipe(tmp_path, tiny_dirs["qwen2_vl"], per_task=8, stages=[
+        {"train": {"name": "one", "instructions": False}},
+        {"train": {"name": "two", "negatives": 1}, "mine": {"before_training": True, "top_k": 1, "skip_top": 0}},
+        {"train": {"name": "merged", "objective": "merge", "eval_at_end": True}}])
     first, second, merged = run_stages(load_stages([recipe]), local=True)
     resolved = yaml.safe_load((second.run_dir / "config.yaml").read_text())
     assert resolved["model"]["path"] == str(first.final)
@@ -106,16 +126,40 @@ def test_stages_chain_and_mine_between(tiny_dirs, tmp_path):
     assert len(mined.pairs) == 16 and all(len(p.negatives) == 1 for p in mined.pairs)
     assert (second.final / "config.json").is_file()
     # the merge stage averages the two stages' outputs (linear, equal weights) and evaluates the result
-    from safetensors.torch import load_file
-
-    def weights(folder: Path) -> dict:
-        return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
-
     a, b, m = weights(first.final), weights(second.final), weights(merged.final)
     assert m.keys() == a.keys() and all(torch.allclose(m[k], (a[k] + b[k]) / 2, atol=1e-6) for k in m)
     assert (merged.run_dir / "eval" / "final" / "report.json").is_file() and "Overall" in merged.metrics
     again = run_stages(load_stages([recipe]), local=True)  # finished stages are not trained again
     assert [r.skipped for r in again] == [True, True, True]
+
+
+@pytest.mark.slow
+def test_reranker_distill_and_merge_stages_chain_in_order(tiny_dirs, tmp_path):
+    """contrastive -> reranker -> distillation scored by that reranker -> merge of the two embedder stages."""
+    from omniret.config import OmniretConfig
+    from omniret.models.reranker import Reranker
+    from omniret.training.teacher_scores import pair_logits
+
+    recipe = tiny_recipe(tmp_path, tiny_dirs["qwen2_vl"], per_task=4, negatives=1, stages=[
+        {"train": {"name": "one", "negatives": 0}},
+        {"train": {"name": "rr", "objective": "rerank", "lr": 1.0e-2}, "rerank": {"init_from_embedder": True}},
+        {"train": {"name": "distill"}, "score": {"before_training": True},
+         "loss": {"name": "distill", "options": {"base": "infonce", "distill_weight": 0.5}}},
+        {"train": {"name": "merged", "objective": "merge"}}])
+    one, rr, distill, merged = run_stages(load_stages([recipe]), local=True)
+    resolved = yaml.safe_load((distill.run_dir / "config.yaml").read_text())
+    # the distillation stage starts from the embedder (not the reranker) and trains on the scored pairs
+    assert resolved["model"]["path"] == str(one.final)
+    assert resolved["rerank"]["model"]["path"] == str(rr.final)
+    assert resolved["data"]["train"] == [str(distill.run_dir / "scored")]
+    scored = read_pairs(distill.run_dir / "scored").pairs
+    assert len(scored) == 8 and all(len(p.teacher_scores) == 1 + len(p.negatives) for p in scored)
+    # the scores are the trained reranker's logits, not the embedder's head
+    reranker = Reranker.from_config(OmniretConfig.model_validate(resolved))
+    assert pair_logits(reranker, scored[0]) == pytest.approx(scored[0].teacher_scores, abs=1e-4)
+    a, b, m = weights(one.final), weights(distill.final), weights(merged.final)
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # distillation trained the embedder
+    assert all(torch.allclose(m[k], (a[k] + b[k]) / 2, atol=1e-6) for k in m)
 
 
 def test_ablation_rows_are_cumulative():

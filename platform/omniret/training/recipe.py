@@ -198,27 +198,57 @@ def stage_tables(stages: list[OmniretConfig], results: list[TrainResult]) -> str
     of the embedder alone and of the embedder + reranker."""
     import json
 
-    groups = ("Image", "Video", "VisDoc", "Overall")
     out = []
     for cfg, result in zip(stages, results, strict=True):
         path = result.run_dir / "eval" / "final" / "report.json"
         if not path.is_file():
             out.append(f"{cfg.train.name}: no final evaluation ({path} is missing)\n")
             continue
-        report = json.loads(path.read_text())
-        rows = [("embedder alone, main metric", report["summary"])]
-        section = report.get("rerank")
-        if section:
-            s = section["summary"]
-            rows += [("embedder alone, hit@1", s["hit@1"]["before"]),
-                     (f"embedder + reranker (top {section['top_k']}), hit@1", s["hit@1"]["after"]),
-                     ("embedder alone, nDCG@5", s["ndcg@5"]["before"]),
-                     (f"embedder + reranker (top {section['top_k']}), nDCG@5", s["ndcg@5"]["after"])]
-        kind = "reranker" if cfg.train.objective == "rerank" else "embedder"
-        lines = [f"{cfg.train.name} ({kind}, {report.get('step', '?')} steps, seed {cfg.train.seed})", "",
-                 "| model | " + " | ".join(groups) + " |", "|---|" + "---:|" * len(groups)]
-        for label, summary in rows:
-            lines.append(f"| {label} | " + " | ".join(f"{summary[g]:.1f}" if g in summary else "n/a"
-                                                       for g in groups) + " |")
-        out.append("\n".join(lines) + "\n")
+        out.append(stage_table(cfg, json.loads(path.read_text())))
     return "\n".join(out)
+
+
+def stage_kind(cfg: OmniretConfig) -> str:
+    return {"rerank": "reranker", "merge": "merged embedder"}.get(cfg.train.objective, "embedder")
+
+
+def stage_table(cfg: OmniretConfig, report: dict[str, Any], rerank: dict[str, Any] | None = None) -> str:
+    """The table of one stage: its evaluation ``report`` (embedder alone, main metric) and the reranking
+    section (``rerank``, default ``report["rerank"]``): hit@1 and nDCG@5 before and after reranking."""
+    groups = ("Image", "Video", "VisDoc", "Overall")
+    rows = [("embedder alone, main metric", report["summary"])]
+    section = rerank or report.get("rerank")
+    if section:
+        s = section["summary"]
+        k = section["top_k"]
+        rows += [("embedder alone, hit@1", s["hit@1"]["before"]),
+                 *([(f"embedder, its top {k} in random order, hit@1 (expected)", shuffled)]
+                   if (shuffled := random_order_hit1(report, k)) else []),
+                 (f"embedder + reranker (top {k}), hit@1", s["hit@1"]["after"]),
+                 ("embedder alone, nDCG@5", s["ndcg@5"]["before"]),
+                 (f"embedder + reranker (top {section['top_k']}), nDCG@5", s["ndcg@5"]["after"])]
+    steps = "merged, no steps" if cfg.train.objective == "merge" else f"{report.get('step', '?')} steps"
+    lines = [f"{cfg.train.name} ({stage_kind(cfg)}, {steps}, seed {cfg.train.seed})", "",
+             "| model | " + " | ".join(groups) + " |", "|---|" + "---:|" * len(groups)]
+    for label, summary in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{summary[g]:.1f}" if g in summary else "n/a"
+                                                   for g in groups) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def random_order_hit1(report: dict[str, Any], k: int) -> dict[str, float]:
+    """Expected hit@1 if the embedder's top ``k`` were put in random order (what a reranker that cannot tell
+    the candidates apart gives): hit@k / min(k, candidates per query) per dataset, one positive per query,
+    then plain means over datasets per category and Overall, as the report aggregates. Where the number of
+    candidates varies between queries, its mean stands in (an approximation: the report keeps no per-query
+    counts). Empty when hit@k is not reported."""
+    per: dict[str, list[float]] = {}
+    for ds in report.get("datasets", []):
+        hit = ds.get("metrics", {}).get(f"hit@{k}")
+        pool = ds.get("candidates", {}).get("per_query_mean")
+        if hit is None or not pool:
+            return {}
+        value = 100.0 * hit / min(k, pool)
+        per.setdefault(ds["category"], []).append(value)
+        per.setdefault("Overall", []).append(value)
+    return {group: sum(v) / len(v) for group, v in per.items()}
