@@ -51,7 +51,7 @@ def test_a_pair_without_negatives_does_not_collapse_k(encoder, caplog):
     assert [[s.text for s in p] for p in plans] == [["negative 0.0", "negative 0.1"],
                                                      ["negative 0.0", "negative 0.1"],
                                                      ["negative 2.0", "negative 2.1"]]
-    with caplog.at_level("INFO", logger="omniret.training.inputs"):
+    with caplog.at_level("DEBUG", logger="omniret.training.inputs"):
         inputs = encode_pairs(pairs, encoder, negatives=2)
     assert inputs.negatives_per_query == 2 and inputs.filled == 2 and "2 negative slot(s) filled" in caplog.text
     filled_ids = [n.input_ids for n in inputs.negatives[2:4]]

@@ -25,6 +25,7 @@ from omniret.errors import MediaError
 from omniret.models.encoding import Encoded, InputEncoder
 
 log = logging.getLogger(__name__)
+_told_filled = False  # the filled-negatives notice goes to the console once per process
 
 
 def shard(indices: Sequence[int], rank: int, world: int) -> list[int]:
@@ -155,9 +156,13 @@ def encode_pairs(pairs: Sequence[Pair], encoder: InputEncoder, negatives: int = 
     scored = any(p.teacher_scores is not None for p in pairs)
     planned, filled = plan_negatives(pairs, negatives, instructions, fill=not scored)
     out = StepInputs(filled=filled)
-    if filled:  # also the step's filled_negatives column
-        log.info("%d negative slot(s) filled from other pairs: %d pair(s) have fewer than %d negatives",
-                 filled, sum(len(p.negatives) < len(planned[0]) for p in pairs), len(planned[0]))
+    if filled:  # every step counts them in metrics.csv (filled_negatives); the console hears it once
+        global _told_filled
+        log.log(logging.DEBUG if _told_filled else logging.INFO,
+                "%d negative slot(s) filled from other pairs: %d pair(s) have fewer than %d negatives%s",
+                filled, sum(len(p.negatives) < len(planned[0]) for p in pairs), len(planned[0]),
+                "" if _told_filled else " (later steps: the filled_negatives column of metrics.csv)")
+        _told_filled = True
     for pair, negs in zip(pairs, planned, strict=True):
         name = pair.id or pair.dataset
         try:
