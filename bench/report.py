@@ -75,6 +75,24 @@ def machine() -> str:
     return f"{platform.machine()}, {cpus} CPUs, {mem:.0f} GiB memory, {gpu}"
 
 
+def ray_threads(cpus: int) -> int:
+    """Torch threads in a Ray actor that reserves ``cpus`` CPUs (what a Serve replica gets)."""
+    import ray
+
+    @ray.remote(num_cpus=cpus)
+    class Probe:
+        def threads(self) -> int:
+            import torch
+
+            return torch.get_num_threads()
+
+    probe = Probe.remote()
+    try:
+        return ray.get(probe.threads.remote())
+    finally:
+        ray.kill(probe)
+
+
 def _load(values) -> str:
     return " / ".join(f"{v:.2f}" for v in values)
 

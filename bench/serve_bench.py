@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 from presets import describe, preset_overrides  # bench/ is on sys.path when a bench script runs
-from report import snapshot, write_section
+from report import ray_threads, snapshot, write_section
 
 WORDS = "red green blue yellow circle square triangle moving left right up down small large".split()
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,11 @@ async def load(url: str, requests: int, concurrency: int, payload=text_payload) 
 
 
 def run_levels(url: str, requests: int, levels: list[int]) -> dict[int, dict]:
-    return {c: asyncio.run(load(url, requests, c)) for c in levels}
+    results = {}
+    for c in levels:
+        results[c] = asyncio.run(load(url, requests, c))
+        print(url, c, results[c], flush=True)
+    return results
 
 
 def serve_variant(cfg, batch: int, threads: int, requests: int, levels: list[int]) -> dict[int, dict]:
@@ -83,31 +87,21 @@ def serve_variant(cfg, batch: int, threads: int, requests: int, levels: list[int
 
     data = cfg.model_dump()
     data["serve"]["embedder"].update(max_batch_size=batch, num_cpus=threads)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"settings": data}), name=f"bench{batch}", route_prefix="/")
+    for attempt in range(3):
+        port = free_port()
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            serve.run(build_app({"settings": data}), name=f"bench{batch}", route_prefix="/")
+            break
+        except Exception as exc:  # a proxy that missed its start-up deadline on a loaded machine
+            print(f"Serve did not start (attempt {attempt + 1}): {exc!r}"[:300], flush=True)
+            serve.shutdown()
+            if attempt == 2:
+                raise
     try:
         return run_levels(f"http://127.0.0.1:{port}", requests, levels)
     finally:
         serve.shutdown()
-
-
-def ray_threads(cpus: int) -> int:
-    """Torch threads in a Ray actor that reserves ``cpus`` CPUs (what a Serve replica gets)."""
-    import ray
-
-    @ray.remote(num_cpus=cpus)
-    class Probe:
-        def threads(self) -> int:
-            import torch
-
-            return torch.get_num_threads()
-
-    probe = Probe.remote()
-    try:
-        return ray.get(probe.threads.remote())
-    finally:
-        ray.kill(probe)
 
 
 @contextlib.contextmanager
@@ -192,6 +186,10 @@ def compare_presets(args) -> str:
 
     rows = ["| model | server | clients | requests/s | p50 ms | p99 ms | requests/s vs plain |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    # Serve's proxy readiness checks default to 5-10 s; a proxy starting on a loaded 2-core machine can miss
+    # them and be killed. Longer deadlines here change start-up only, not the measured requests.
+    for key in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+        os.environ.setdefault(key, "120")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         replica_threads = ray_threads(args.threads)
@@ -212,7 +210,7 @@ def compare_presets(args) -> str:
                 for c, r in levels.items():
                     rows.append(f"| {model} | {name} | {c} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} | "
                                 f"{r['rps'] / base[c]['rps']:.2f}x |")
-                    print(rows[-1], flush=True)
+            print("\n".join(rows), flush=True)
     finally:
         ray.shutdown()
     return (f"{args.requests} requests per row (p99 over all of them), each one short text; random qwen2_vl models "
