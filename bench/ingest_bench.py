@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pyarrow as pa
 from presets import describe, preset_overrides  # bench/ is on sys.path when a bench script runs
-from report import ray_threads, snapshot, write_section
+from report import local_ray, ray_threads, snapshot, write_section
 
 from omniret.config import load_config
 from omniret.index.store import IndexStore
@@ -84,7 +84,7 @@ def bench_ingest(args) -> str:
         root.mkdir()
         items = write_corpus(root, args.images, args.pdfs, args.videos)
         started = time.perf_counter()
-        ray.init(address="local", num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
+        local_ray(args.ray_cpus)
         ray_start = time.perf_counter() - started
         try:
             first = load_config(None, ["embed.progress=false", *args.overrides])

@@ -75,6 +75,16 @@ def machine() -> str:
     return f"{platform.machine()}, {cpus} CPUs, {mem:.0f} GiB memory, {gpu}"
 
 
+def local_ray(num_cpus: int) -> None:
+    """Start a local Ray of ``num_cpus`` CPUs; on a loaded machine its raylet may need more than the default
+    wait to register, so the wait is longer (start-up only, nothing measured depends on it)."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
 def ray_threads(cpus: int) -> int:
     """Torch threads in a Ray actor that reserves ``cpus`` CPUs (what a Serve replica gets)."""
     import ray

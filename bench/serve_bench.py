@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 from presets import describe, preset_overrides  # bench/ is on sys.path when a bench script runs
-from report import ray_threads, snapshot, write_section
+from report import local_ray, ray_threads, snapshot, write_section
 
 WORDS = "red green blue yellow circle square triangle moving left right up down small large".split()
 REPO = Path(__file__).resolve().parents[1]
@@ -190,7 +190,7 @@ def compare_presets(args) -> str:
     # them and be killed. Longer deadlines here change start-up only, not the measured requests.
     for key in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
         os.environ.setdefault(key, "120")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    local_ray(2)
     try:
         replica_threads = ray_threads(args.threads)
         for preset in args.presets:
