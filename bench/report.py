@@ -112,11 +112,12 @@ def conditions(command: str, before: dict | None = None) -> str:
     now = dt.datetime.now()
     lines = [f"Command: `{command}`  ",
              f"Measured {now.date().isoformat()} at commit {commit()} on {machine()}.  "]
-    load = f"load average (1 / 5 / 15 min) at the end {_load(os.getloadavg())}"
+    load = f"Load average (1 / 5 / 15 min): {_load(os.getloadavg())} at the end"
     if before:
         minutes = (now - before["start"]).total_seconds() / 60
-        load = f"load average (1 / 5 / 15 min) at the start {_load(before['load'])}, {load}; run took {minutes:.0f} min"
-    lines += [load[0].upper() + load[1:] + ".  ", f"{versions()}."]
+        load = (f"Load average (1 / 5 / 15 min): {_load(before['load'])} at the start, {_load(os.getloadavg())} at "
+                f"the end; the run took {minutes:.0f} min")
+    lines += [load + ".  ", f"{versions()}."]
     return "\n".join(lines)
 
 
