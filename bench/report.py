@@ -86,7 +86,7 @@ def local_ray(num_cpus: int) -> None:
 
 
 def ray_threads(cpus: int) -> int:
-    """Torch threads in a Ray actor that reserves ``cpus`` CPUs (what a Serve replica gets)."""
+    """Torch threads in a Ray actor that reserves ``cpus`` CPUs (what a Serve replica or an ingest actor gets)."""
     import ray
 
     @ray.remote(num_cpus=cpus)

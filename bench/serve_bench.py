@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shlex
 import socket
 import statistics
 import subprocess
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.plain_server:
         return plain_server(args.plain_server, args.threads, args.overrides)
     before = snapshot()
-    command = "python bench/serve_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python " + shlex.join(["bench/serve_bench.py", *(argv if argv is not None else sys.argv[1:])])
     if args.safety_cost:
         runs = safety_cost(args.safety_cost, args.requests, args.concurrency, args.threads, args.rounds)
         rows = ["| server | clients | run | requests/s | p50 ms | p99 ms |",
