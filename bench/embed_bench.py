@@ -1,19 +1,23 @@
-"""Embedding throughput of the tiny model per modality: token-budget batches vs one item at a time.
+"""Embedding throughput per modality and model size: token-budget batches vs one item at a time.
 
-Run: .venv/bin/python bench/embed_bench.py [--repeats 3]
+Run: .venv/bin/python bench/embed_bench.py [--presets tiny 30m 150m] [--repeats 3] [--threads 1]
 Both paths include decoding (image load, video sampling, PDF rendering) and patchifying, since that
-is what a caller pays; the ratio isolates what batching buys.
+is what a caller pays; the ratio isolates what batching buys. Both run in this process with the same
+torch threads. Models: random offline models of omniret.models.tiny.PRESETS.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from report import write_section  # bench/ is on sys.path when a bench script runs
+from presets import describe, preset_overrides  # bench/ is on sys.path when a bench script runs
+from report import snapshot, write_section
 
 from omniret.config import load_config
 from omniret.items import Item, PageRef, VideoRef
@@ -50,27 +54,41 @@ def rate(fn, n: int, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import torch
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "30m", "150m"],
+                        help="model presets (omniret.models.tiny.PRESETS)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads of both paths")
+    parser.add_argument("--title", default="Embedding throughput, by model size",
+                        help="section of docs/BENCHMARKS.md to (re)write")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.tiny_family=qwen3_vl")
     args = parser.parse_args(argv)
-    cfg = load_config(None, ["embed.progress=false", *args.overrides])
-    embedder = Embedder.from_config(cfg)
-    rows = ["| modality | items | batched items/s | one-by-one items/s | batched / one-by-one |",
-            "| --- | ---: | ---: | ---: | ---: |"]
+    before = snapshot()
+    torch.set_num_threads(args.threads)
+    rows = ["| model | modality | items | batched items/s | one-by-one items/s | batched / one-by-one |",
+            "| --- | --- | ---: | ---: | ---: | ---: |"]
     with tempfile.TemporaryDirectory() as tmp:
-        for modality, items in corpus(Path(tmp)).items():
-            embedder.encode(items[:2])  # warm-up: first-call allocations and lazy imports
-            batched = rate(lambda items=items: embedder.encode(items), len(items), args.repeats)
-            single = rate(lambda items=items: [embedder.encode([it]) for it in items], len(items), args.repeats)
-            rows.append(f"| {modality} | {len(items)} | {batched:.1f} | {single:.1f} | {batched / single:.2f}x |")
-            print(rows[-1], flush=True)
-    family = cfg.model.tiny_family if not cfg.model.path else cfg.model.path
-    body = (f"Model: tiny {family} (hidden 64, 2 layers), fp32, `embed.batch_tokens={cfg.embed.batch_tokens}`, "
-            f"images 224 px, videos 16 frames at 112 px sampled to {cfg.media.video_frames}, PDF pages at "
-            f"{cfg.media.pdf_dpi} dpi. Median of {args.repeats} runs; decoding included.\n\n" + "\n".join(rows))
-    command = "python bench/embed_bench.py" + "".join(f" {o}" for o in args.overrides)
-    write_section("Embedding throughput (tiny model)", command, body)
+        items_by_modality = corpus(Path(tmp))
+        for preset in args.presets:
+            cfg = load_config(None, ["embed.progress=false", *preset_overrides(preset), *args.overrides])
+            embedder = Embedder.from_config(cfg)
+            model = describe(preset, embedder.backbone.path)
+            for modality, items in items_by_modality.items():
+                embedder.encode(items[:2])  # warm-up: first-call allocations and lazy imports
+                batched = rate(lambda e=embedder, items=items: e.encode(items), len(items), args.repeats)
+                single = rate(lambda e=embedder, items=items: [e.encode([it]) for it in items], len(items),
+                              args.repeats)
+                rows.append(f"| {model} | {modality} | {len(items)} | {batched:.1f} | {single:.1f} | "
+                            f"{batched / single:.2f}x |")
+                print(rows[-1], flush=True)
+    body = (f"Random {cfg.model.tiny_family} models of the presets listed, fp32, {args.threads} torch thread(s) for "
+            f"both paths, `embed.batch_tokens={cfg.embed.batch_tokens}`, images 224 px, videos 16 frames at 112 px "
+            f"sampled to {cfg.media.video_frames}, PDF pages at {cfg.media.pdf_dpi} dpi. Median of {args.repeats} "
+            "runs; decoding included.\n\n" + "\n".join(rows))
+    command = "python " + shlex.join(["bench/embed_bench.py", *(argv if argv is not None else sys.argv[1:])])
+    write_section(args.title, command, body, before=before)
 
 
 if __name__ == "__main__":

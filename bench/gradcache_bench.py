@@ -2,9 +2,10 @@
 
 Run: .venv/bin/python bench/gradcache_bench.py [--batches 16 64 256 512] [--chunk 16]
 
-Each (mode, batch size) runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is
-its own; the figure reported is that peak minus the process's resident memory after loading the
-model and building the inputs, i.e. what the step itself added. Queries are short texts, targets
+Each (mode, batch size) runs in a fresh subprocess. Memory is measured from the current resident set:
+after loading the model and building the inputs, the kernel's peak-RSS mark (VmHWM) is reset to the
+current RSS (``/proc/self/clear_refs``), so the peak read after the steps minus the RSS read before
+them is what the steps themselves added, not a peak left over from loading. Queries are short texts, targets
 are small images (the vision tower runs), one hard negative per query; InfoNCE; LoRA on all linear
 layers. Time is the median of ``--repeats`` steps after one warm-up step.
 """
@@ -13,17 +14,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import re
 import statistics
 import subprocess
 import sys
 import time
 
-from report import write_section  # bench/ is on sys.path when a bench script runs
+from report import snapshot, write_section  # bench/ is on sys.path when a bench script runs
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _status_mb(field: str) -> float:
+    """VmRSS (current resident set) or VmHWM (its peak) of this process, in MiB (Linux)."""
+    return int(re.search(rf"^{field}:\s+(\d+) kB", open("/proc/self/status").read(), re.M)[1]) / 1024
+
+
+def reset_peak() -> float:
+    """Reset the peak-RSS mark to the current RSS (Linux >= 4.0); returns the current RSS in MiB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_mb("VmRSS")
 
 
 def run_one(mode: str, batch: int, chunk: int, repeats: int) -> dict:
@@ -66,7 +75,7 @@ def run_one(mode: str, batch: int, chunk: int, repeats: int) -> dict:
         cache.step(queries, targets, negatives)
 
     step = full_step if mode == "full" else cached_step
-    base = _rss_mb()
+    base = reset_peak()
     times = []
     for i in range(repeats + 1):
         optimizer.zero_grad(set_to_none=True)
@@ -75,7 +84,8 @@ def run_one(mode: str, batch: int, chunk: int, repeats: int) -> dict:
         optimizer.step()
         if i:  # the first step is a warm-up
             times.append(time.perf_counter() - start)
-    return {"mode": mode, "batch": batch, "peak_mb": _rss_mb() - base, "step_s": statistics.median(times)}
+    return {"mode": mode, "batch": batch, "peak_mb": _status_mb("VmHWM") - base, "step_s": statistics.median(times),
+            "threads": torch.get_num_threads()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), args.chunk, args.repeats)))
         return
+    before = snapshot()
     results = {}
     for batch in args.batches:
         for mode in ("full", "gradcache"):
@@ -103,11 +114,12 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(f"| {batch} | {full['peak_mb']:.0f} | {cached['peak_mb']:.0f} | {full['step_s']:.2f} | "
                     f"{cached['step_s']:.2f} | {cached['step_s'] / full['step_s']:.2f}x |")
     body = (f"Tiny Qwen2-VL + LoRA r=8, InfoNCE with 1 hard negative per query, queries = texts, targets = "
-            f"112 px images, GradCache chunk size {args.chunk}. Memory: peak RSS added by the step (fresh "
-            "process per cell). The theoretical time floor of GradCache is about 1.33x (one extra forward "
+            f"112 px images, GradCache chunk size {args.chunk}. Memory: peak RSS during the steps minus the current "
+            "RSS before them (peak mark reset first; fresh process per cell), torch threads "
+            f"{results['full', args.batches[0]]['threads']}. The theoretical time floor of GradCache is about 1.33x (one extra forward "
             "per item on top of forward + backward).\n\n" + "\n".join(rows))
     command = "python bench/gradcache_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_section("GradCache vs full batch (tiny model)", command.strip(), body)
+    write_section("GradCache vs full batch (tiny model)", command.strip(), body, before=before)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from report import write_section  # bench/ is on sys.path when a bench script runs
+from report import local_ray, snapshot, write_section  # bench/ is on sys.path when a bench script runs
 
 # (workers, torch threads per worker, gradcache); the machine's 2 CPUs are reserved in every row
 CONFIGS = [(1, 1, False), (1, 1, True), (1, 2, False), (2, 1, False), (2, 1, True)]
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     from omniret.config import SyntheticConfig
     from omniret.data.synthetic import generate_benchmark
 
-    ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    before = snapshot()
+    local_ray(os.cpu_count() or 2)
     results = []
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         bench = Path(tmp) / "bench"
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
              f"(GradCache chunks of {args.chunk}), generated benchmark (10 datasets x 32 pairs, homogeneous "
              f"batches), {args.steps} steps of which the second half is timed (median), decoded items cached. "
              "Every row reserves the machine's CPUs for its workers; torch threads per worker as listed. "
-             "Ratios against 1 worker x 1 thread without GradCache.", "",
+             "Ratios against 1 worker x 1 thread without GradCache. Memory: the largest resident set of rank 0 "
+             "(absolute, from the trainer's metrics).", "",
              "| workers x threads | GradCache | pairs/s | s/step | x first row | peak RSS rank 0 (MB) |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     for r in results:
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n".join(lines)
     print(body)
     write_section("Training throughput on Ray Train (tiny model)",
-                  f"python bench/train_bench.py --steps {args.steps} --batch {args.batch} --chunk {args.chunk}", body)
+                  f"python bench/train_bench.py --steps {args.steps} --batch {args.batch} --chunk {args.chunk}", body,
+                  before=before)
     return 0
 
 

@@ -51,7 +51,7 @@ class ModelConfig(Section):
                              "training with train.mode=head (METHODS 7.2: 8).")
     tiny_family: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = "qwen2_vl"
     tiny_dir: str = ".omniret/models/tiny"
-    tiny_preset: Literal["tiny", "mid", "small"] = Field(
+    tiny_preset: Literal["tiny", "mid", "small", "30m", "150m"] = Field(
         "tiny", description="Sizes of the built model (omniret.models.tiny.PRESETS); give each its own tiny_dir.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on CUDA, float32 on CPU.")

@@ -5,7 +5,8 @@ BPE tokenizer with the Qwen special tokens and chat template, and preprocessor_c
 other component loads it exactly as it loads a real Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint;
 only the sizes differ. Sizes come from :data:`PRESETS`: ``tiny`` (hidden 64, 2 layers: tests run in
 seconds on a CPU) and ``small`` (hidden 256, 4 layers, a 4-block vision tower: the demo's model,
-trained in minutes on a CPU).
+trained in minutes on a CPU); ``30m`` and ``150m`` (about 30M and 150M parameters: the size axis of
+the benchmarks).
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(hidden=64, layers=2, heads=4, kv_heads=2, vision_hidden=32, vision_depth=2, vision_heads=2),
     "mid": Preset(hidden=128, layers=4, heads=4, kv_heads=2, vision_hidden=64, vision_depth=2, vision_heads=2),
     "small": Preset(hidden=256, layers=4, heads=4, kv_heads=2, vision_hidden=128, vision_depth=4, vision_heads=4),
+    # Random models of about 30M and 150M parameters (qwen2_vl): the size axis of the benchmarks.
+    "30m": Preset(hidden=512, layers=8, heads=8, kv_heads=4, vision_hidden=384, vision_depth=8, vision_heads=6),
+    "150m": Preset(hidden=1024, layers=12, heads=16, kv_heads=8, vision_hidden=512, vision_depth=12,
+                   vision_heads=8),
 }
 
 
