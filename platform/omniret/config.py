@@ -182,7 +182,9 @@ class IndexConfig(Section):
     table: str = "items"
     errors_table: str = "ingest_errors"
     storage_options: dict[str, str] = Field(default_factory=dict, description="Object-store credentials etc.")
-    vector_index: Literal["ivf_pq", "hnsw_sq"] = "ivf_pq"
+    vector_index: Literal["ivf_pq", "ivf_sq", "hnsw_sq"] = Field(
+        "ivf_pq", description="ivf_pq: product-quantised codes; ivf_sq: one int8 per dimension (at 1M rows the "
+        "best recall/latency in docs/BENCHMARKS.md, 'Vector search at scale'); hnsw_sq: HNSW graphs over int8.")
     vector_index_min_rows: int = Field(
         100_000, ge=256, description="Below this many rows search is exact (flat); above, an ANN index.")
     num_partitions: int | None = Field(None, ge=1, description="IVF partitions (None: rows / 4096, HNSW: rows / 1M).")

@@ -222,3 +222,17 @@ def test_ids_and_units():
         unit_key("page")
     assert sub_vectors(64) == 32 and sub_vectors(256) == 64 and sub_vectors(1536) == 192
     assert sub_vectors(100) == 50 and sub_vectors(97) == 1  # always a divisor
+
+
+def test_int8_vector_index_finds_the_same_first_row_as_exact_search(tmp_path):
+    store = IndexStore(IndexConfig(uri=str(tmp_path / "db"), vector_index_min_rows=256, vector_index="ivf_sq",
+                                   num_partitions=2), fresh=True)
+    store.create(DIM, "m")
+    data = rows([(n, "image") for n in range(300)])
+    store.upsert(data)
+    assert any("IvfSq vector index over 300 rows" in d for d in store.maintain())
+    assert any(ix["columns"] == ["vector"] and "SQ" in ix["type"].upper() for ix in store.index_status()["indexes"])
+    for n in (5, 123, 299):
+        query = np.asarray(data["vector"][n].as_py())
+        first, exact = store.search(query, k=1)[0], store.search(query, k=1, exact=True)[0]
+        assert first["id"] == exact["id"] == item_id(sha(n), "image")

@@ -20,7 +20,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from lancedb.index import FTS, Bitmap, BTree, HnswSq, IvfPq
+from lancedb.index import FTS, Bitmap, BTree, HnswSq, IvfPq, IvfSq
 
 from omniret.config import IndexConfig
 from omniret.errors import OmniretError
@@ -317,12 +317,14 @@ class IndexStore:
         worst = max((ix.num_unindexed_rows for ix in self.table.list_indices()), default=0)
         return worst / rows if rows else 0.0
 
-    def vector_index_config(self, rows: int) -> IvfPq | HnswSq:
+    def vector_index_config(self, rows: int) -> IvfPq | IvfSq | HnswSq:
         dim = vector_dim(self.table.schema)
         if self.cfg.vector_index == "hnsw_sq":
             parts = self.cfg.num_partitions or max(1, rows // 1_048_576)
             return HnswSq(distance_type="cosine", num_partitions=parts)
         parts = self.cfg.num_partitions or max(1, rows // 4096)
+        if self.cfg.vector_index == "ivf_sq":
+            return IvfSq(distance_type="cosine", num_partitions=parts)
         return IvfPq(distance_type="cosine", num_partitions=parts,
                      num_sub_vectors=self.cfg.num_sub_vectors or sub_vectors(dim))
 
