@@ -236,7 +236,7 @@ def test_a_stuck_or_dying_model_replica_gets_504_or_503_and_an_unhealthy_healthz
         async def info(self):
             await asyncio.sleep(60)
 
-        async def embed(self, items, dimensions, cost=0):
+        async def embed(self, items, dimensions, cost=0, multivector=None):
             if items[0].text == "die":
                 os._exit(1)
             await asyncio.sleep(60)
