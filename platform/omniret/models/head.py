@@ -25,6 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from omniret.models.pooling import first_holding
+
 HEAD_WEIGHTS = "omniret_head.safetensors"
 HEAD_CONFIG = "omniret_head.json"
 
@@ -116,10 +118,7 @@ def _layer_types(lm: nn.Module) -> list[str]:
 
 def saved_head(*folders: str | Path | None) -> Path | None:
     """The first of ``folders`` that holds a saved head."""
-    for folder in folders:
-        if folder is not None and (Path(folder) / HEAD_CONFIG).is_file():
-            return Path(folder)
-    return None
+    return first_holding(HEAD_CONFIG, *folders)
 
 
 def load_head(folder: str | Path, model: nn.Module) -> EmbeddingHead:

@@ -51,18 +51,25 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, method: str = "last
     raise ValueError(f"unknown pooling {method!r}; choose one of {', '.join(POOLINGS)}")
 
 
+def first_holding(name: str, *folders: str | Path | None) -> Path | None:
+    """The first of ``folders`` (None skipped) with a file ``name``: how a checkpoint's side records
+    (pooling, TTE_u head, ReMatch tokens) are found, an adapter folder before its base."""
+    for folder in folders:
+        if folder is not None and (Path(folder) / name).is_file():
+            return Path(folder)
+    return None
+
+
 def saved_pooling(*folders: str | Path | None) -> str | None:
     """The pooling recorded in the first of ``folders`` that has one (an adapter before its base)."""
-    for folder in folders:
-        if folder is None:
-            continue
-        path = Path(folder) / POOLING_FILE
-        if path.is_file():
-            method = json.loads(path.read_text()).get("pooling")
-            if method not in POOLINGS:
-                raise ValueError(f"{path} names an unknown pooling {method!r}; choose one of {', '.join(POOLINGS)}")
-            return method
-    return None
+    folder = first_holding(POOLING_FILE, *folders)
+    if folder is None:
+        return None
+    path = folder / POOLING_FILE
+    method = json.loads(path.read_text()).get("pooling")
+    if method not in POOLINGS:
+        raise ValueError(f"{path} names an unknown pooling {method!r}; choose one of {', '.join(POOLINGS)}")
+    return method
 
 
 def save_pooling(folder: str | Path, method: str) -> None:

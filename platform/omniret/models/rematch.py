@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from omniret.models.pooling import last_token_index
+from omniret.models.pooling import first_holding, last_token_index
 
 REMATCH_WEIGHTS = "omniret_rematch.safetensors"
 REMATCH_CONFIG = "omniret_rematch.json"
@@ -152,10 +152,7 @@ def _fill_id(batch: dict[str, torch.Tensor]) -> int:
 
 def saved_rematch(*folders: str | Path | None) -> Path | None:
     """The first of ``folders`` that holds saved ReMatch tokens."""
-    for folder in folders:
-        if folder is not None and (Path(folder) / REMATCH_CONFIG).is_file():
-            return Path(folder)
-    return None
+    return first_holding(REMATCH_CONFIG, *folders)
 
 
 def load_rematch(folder: str | Path, model: nn.Module) -> ReMatchTokens:
