@@ -346,10 +346,12 @@ class UmeModeEmbedder:
         return self.encode_prepared(self.prepare(items), dimensions, progress)
 
     @torch.inference_mode()
-    def encode_prepared(self, encoded: list[Encoded], dimensions: int | None = None, progress: bool | None = None
-                        ) -> np.ndarray:
+    def encode_prepared(self, encoded: list[Encoded], dimensions: int | None = None, progress: bool | None = None,
+                        multivector: tuple[int, str] | None = None) -> np.ndarray:
         from omniret.models.pooling import matryoshka
 
+        if multivector is not None:  # the Embedder's signature, so the batch helpers treat both alike
+            raise ValueError("UME-R1 modes give one vector per item: no multi-vector read-out")
         started = time.perf_counter()
         if self.mode == "disc":
             parts = [self.view.disc_forward(self.view.collate(encoded[s:s + self.view.batch_size]))[0].cpu()

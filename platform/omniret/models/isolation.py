@@ -50,13 +50,11 @@ def embed_isolated(embedder: Any, makers: Sequence[Callable[[], Item]], dimensio
     # The size encode_prepared returns: the asked Matryoshka size, the configured one, or the model's.
     dim = (dimensions if dimensions is not None else embedder.embed_cfg.dimensions) or embedder.dim
     rows = () if multivector is None else (1 + multivector[0],)
-    # Asked only when wanted: embedders with one vector per item (UME-R1's modes) take no such argument.
-    extra = {} if multivector is None else {"multivector": multivector}
     out = np.zeros((len(makers), *rows, dim), dtype=np.float32)
     if not encoded:
         return out, errors
     try:
-        out[kept] = embedder.encode_prepared(encoded, dimensions, progress=False, **extra)
+        out[kept] = embedder.encode_prepared(encoded, dimensions, progress=False, multivector=multivector)
     except Exception as exc:
         if len(encoded) == 1:
             errors[kept[0]] = exc
@@ -65,7 +63,7 @@ def embed_isolated(embedder: Any, makers: Sequence[Callable[[], Item]], dimensio
                         reason_of(exc))
             for i, enc in zip(kept, encoded, strict=True):
                 try:
-                    out[i] = embedder.encode_prepared([enc], dimensions, progress=False, **extra)[0]
+                    out[i] = embedder.encode_prepared([enc], dimensions, progress=False, multivector=multivector)[0]
                 except Exception as one:
                     errors[i] = one
     for i, exc in sorted(errors.items()):

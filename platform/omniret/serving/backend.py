@@ -110,8 +110,7 @@ def embed_jobs(embedder, jobs: list[tuple], budget: int | None = None) -> list[O
     spec = [job[3] if len(job) > 3 else None for job in jobs]
     groups = [[j for j in g if spec[j] == s] for g in groups for s in dict.fromkeys(spec[j] for j in g)]
     for group in groups:
-        # Asked only when wanted: UME-R1's mode embedders give one vector per item and take no such argument.
-        extra = {} if spec[group[0]] is None else {"multivector": spec[group[0]]}
+        multivector = spec[group[0]]
         prepared, owners = [], []
         for j in group:
             try:
@@ -124,7 +123,7 @@ def embed_jobs(embedder, jobs: list[tuple], budget: int | None = None) -> list[O
         if not prepared:
             continue
         try:
-            vectors = embedder.encode_prepared(prepared, progress=False, **extra)
+            vectors = embedder.encode_prepared(prepared, progress=False, multivector=multivector)
         except Exception as exc:
             if len(set(owners)) == 1:
                 outcomes[owners[0]] = Outcome.failed(exc, _first_name(jobs[owners[0]][0]))
@@ -132,7 +131,7 @@ def embed_jobs(embedder, jobs: list[tuple], budget: int | None = None) -> list[O
             for j in sorted(set(owners)):  # find the request that breaks the batch
                 mine = [e for e, o in zip(prepared, owners, strict=True) if o == j]
                 try:
-                    outcomes[j] = _rows(embedder.encode_prepared(mine, progress=False, **extra),
+                    outcomes[j] = _rows(embedder.encode_prepared(mine, progress=False, multivector=multivector),
                                         jobs[j][1])
                 except Exception as inner:
                     outcomes[j] = Outcome.failed(inner, _first_name(jobs[j][0]))
